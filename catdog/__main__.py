@@ -1,0 +1,5 @@
+"""`python -m catdog` runs the CLI."""
+
+from catdog.cli import main
+
+main()

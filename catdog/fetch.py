@@ -1,0 +1,251 @@
+"""Fetching the dataset archive and the backbone weights: download, verify, extract safely.
+
+Sources are http(s) URLs, file:// URLs or local paths. Downloads go to a `.part` file (resumed with
+HTTP Range after a dropped connection), are checked against the expected sha256, and only then
+renamed into the download folder, with a small JSON record of sha256 and size beside them.
+Extraction rejects unsafe entries, bounds size and entry count, and swaps the new tree in whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import stat
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from catdog import __version__
+from catdog.errors import CatdogError
+from catdog.fsutil import atomic_path, replace_dir, write_json
+from catdog.params import FetchParams, Source
+from catdog.progress import progress_bar
+
+CHUNK = 1 << 20
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    sha256: str
+    size: int
+
+
+def _local_path(url: str) -> Path | None:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise CatdogError(f"unsupported source {url!r}: use an http(s) URL, a file:// URL or a local path")
+    return Path(url)
+
+
+def file_name(url: str) -> str:
+    """The file name a source URL or path names (its last path component)."""
+    name = PurePosixPath(urllib.parse.urlparse(url).path).name
+    if not name:
+        raise CatdogError(f"source {url!r} does not name a file")
+    return name
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_local(src: Path, part: Path) -> None:
+    try:
+        size = src.stat().st_size
+        with open(src, "rb") as fin, open(part, "wb") as fout, progress_bar(f"copy {src.name}", size, "bytes") as advance:
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
+                advance(len(chunk))
+    except FileNotFoundError:
+        raise CatdogError(f"source not found: {src}") from None
+    except IsADirectoryError:
+        raise CatdogError(f"source is a directory, not a file: {src}") from None
+    except PermissionError:
+        raise CatdogError(f"source not readable: {src}") from None
+
+
+def _http_download(url: str, part: Path, timeout_s: float, retries: int, backoff_s: float) -> None:
+    host = urllib.parse.urlparse(url).netloc
+    attempt = 0
+    while True:
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": f"catdog/{__version__}"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as resp:
+                resumed = have > 0 and resp.status == 206
+                if resumed and not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                    part.unlink()  # the server sent some other range than the one we asked for: start over
+                    continue
+                if not resumed:
+                    have = 0
+                length = resp.headers.get("Content-Length")
+                total = have + int(length) if length is not None else None
+                with open(part, "ab" if resumed else "wb") as fh, progress_bar(
+                    f"download {part.name.removesuffix('.part')}", total, "bytes"
+                ) as advance:
+                    advance(have)
+                    while chunk := resp.read(CHUNK):
+                        fh.write(chunk)
+                        advance(len(chunk))
+                if total is not None and part.stat().st_size < total:
+                    raise http.client.IncompleteRead(b"", total - part.stat().st_size)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:
+                part.unlink()  # our partial file is not a prefix the server can continue: start over
+                continue
+            if exc.code >= 500 and attempt < retries:
+                pass
+            else:
+                raise CatdogError(f"HTTP {exc.code} {exc.reason} fetching {url}") from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout) as exc:
+            if attempt >= retries:
+                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                if isinstance(exc, urllib.error.URLError) and not isinstance(reason, (TimeoutError, socket.timeout)):
+                    raise CatdogError(f"cannot reach {host}: {reason}") from None
+                tries = f"{retries + 1} attempt{'s' if retries else ''}"
+                raise CatdogError(f"download of {url} failed after {tries}: {reason or type(exc).__name__}") from None
+        attempt += 1
+        time.sleep(min(30.0, backoff_s * 2 ** (attempt - 1)))
+
+
+def download(source: Source, downloads: Path, timeout_s: float = 30.0, retries: int = 4, backoff_s: float = 1.0) -> Fetched:
+    """Get `source` into `downloads/`, verified; reuse a previous download whose record matches."""
+    downloads.mkdir(parents=True, exist_ok=True)
+    name = file_name(source.url)
+    final, record = downloads / name, downloads / f"{name}.json"
+    expected = source.sha256.lower() if source.sha256 else None
+
+    if final.exists() and record.exists():
+        try:
+            previous = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("url") == source.url and expected in (None, previous.get("sha256")):
+            actual = sha256_of(final)
+            if actual == previous.get("sha256"):
+                return Fetched(final, actual, final.stat().st_size)
+
+    part = downloads / f"{name}.part"
+    local = _local_path(source.url)
+    if local is not None:
+        _copy_local(local, part)
+    else:
+        _http_download(source.url, part, timeout_s, retries, backoff_s)
+
+    actual = sha256_of(part)
+    if expected and actual != expected:
+        part.unlink()
+        raise CatdogError(f"checksum mismatch for {source.url}: expected sha256 {expected}, got {actual}")
+    size = part.stat().st_size
+    os.replace(part, final)
+    write_json(record, {"url": source.url, "sha256": actual, "size": size})
+    return Fetched(final, actual, size)
+
+
+def _safe_member(name: str) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (path.parts and ":" in path.parts[0]):
+        raise CatdogError(f"archive rejected: absolute path {name!r}")
+    if ".." in path.parts:
+        raise CatdogError(f"archive rejected: path escapes the target {name!r}")
+    return path
+
+
+def _check_bounds(count: int, total: int, max_files: int, max_bytes: int) -> None:
+    if count > max_files:
+        raise CatdogError(f"archive rejected: {count} entries exceed the limit of {max_files}")
+    if total > max_bytes:
+        raise CatdogError(f"archive rejected: {total} uncompressed bytes exceed the limit of {max_bytes}")
+
+
+def _extract_zip(archive: Path, target: Path, max_bytes: int, max_files: int) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _safe_member(info.filename)
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise CatdogError(f"archive rejected: link entry {info.filename!r}")
+        _check_bounds(len(infos), sum(i.file_size for i in infos), max_files, max_bytes)
+        written = 0
+        for info in infos:
+            dest = target / _safe_member(info.filename)
+            if info.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as fin, open(dest, "wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise CatdogError(f"archive rejected: more than {max_bytes} uncompressed bytes")
+                    fout.write(chunk)
+
+
+def _extract_tar(archive: Path, target: Path, max_bytes: int, max_files: int) -> None:
+    with tarfile.open(archive) as tf:
+        members = tf.getmembers()
+        for member in members:
+            _safe_member(member.name)
+        _check_bounds(len(members), sum(m.size for m in members), max_files, max_bytes)
+        try:
+            tf.extractall(target, filter="data")
+        except tarfile.FilterError as exc:
+            raise CatdogError(f"archive rejected: {exc}") from None
+
+
+def extract_archive(archive: Path, dest: Path, max_bytes: int, max_files: int) -> None:
+    """Extract a .zip or .tar(.gz/.bz2/.xz) into `dest`, replacing it only when extraction succeeded."""
+    with open(archive, "rb") as fh:
+        magic = fh.read(4)
+    if zipfile.is_zipfile(archive) or magic in ZIP_MAGIC:  # a zip cut short has lost its central directory
+        extractor = _extract_zip
+    elif tarfile.is_tarfile(archive):
+        extractor = _extract_tar
+    else:
+        raise CatdogError(f"{archive.name} is not a zip or tar archive")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent))
+    try:
+        extractor(archive, tmp, max_bytes, max_files)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CatdogError(f"archive rejected: {archive.name} is corrupt or truncated ({' '.join(str(exc).split())})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, dest)
+
+
+def fetch(params: FetchParams, dataset_out: Path, weights_out: Path, downloads: Path) -> tuple[Fetched, Fetched]:
+    """Fetch and extract the dataset archive into `dataset_out`; fetch the weights file to `weights_out`."""
+    options = {"timeout_s": params.timeout_s, "retries": params.retries}
+    dataset = download(params.dataset, downloads, **options)
+    weights = download(params.weights, downloads, **options)
+    extract_archive(dataset.path, dataset_out, params.max_bytes, params.max_files)
+    with atomic_path(weights_out) as tmp:
+        shutil.copyfile(weights.path, tmp)
+    return dataset, weights

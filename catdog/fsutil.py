@@ -1,0 +1,56 @@
+"""Atomic file and directory writes: a reader never sees a half-written output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{suffix}.tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(dest: Path | str, text: str) -> None:
+    """Write `text` to `dest` atomically (UTF-8)."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(dest: Path | str, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON atomically, so reruns are byte-identical."""
+    write_text(dest, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def replace_dir(tmp_dir: Path, dest: Path) -> None:
+    """Move a fully written `tmp_dir` onto `dest`, keeping the old `dest` until the swap is done."""
+    dest = Path(dest)
+    backup = None
+    if dest.exists() or dest.is_symlink():
+        backup = dest.with_name(f".{dest.name}.old")
+        if backup.exists():
+            shutil.rmtree(backup)
+        os.replace(dest, backup)
+    os.replace(tmp_dir, dest)
+    if backup is not None:
+        if backup.is_dir() and not backup.is_symlink():
+            shutil.rmtree(backup)
+        else:
+            backup.unlink()

@@ -1,0 +1,128 @@
+"""Decoding images: the one decode-and-resize function that training, evaluation and labeling share.
+
+Pillow only, no TensorFlow. A JPEG is DCT-downscaled while decoding (`draft`) when it is at least
+twice the target size; since every stage calls `load_image`, the model sees the same pixels in
+training and in prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from catdog.errors import CatdogError
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+# We check the pixel count ourselves (with the user's limit) before decoding; Pillow's own
+# guard would otherwise warn or raise at its fixed 89 Mpx.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageError(CatdogError):
+    """A file that cannot be used as an image, with a one-line reason."""
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        scale = 257.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 1.0
+        return Image.fromarray(np.clip(arr / scale + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def _open(source: Path | str | bytes, max_pixels: int) -> Image.Image:
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError("empty file")
+        im = Image.open(io.BytesIO(source))
+    else:
+        try:
+            im = Image.open(source)
+        except UnidentifiedImageError:
+            if Path(source).stat().st_size == 0:
+                raise ImageError("empty file") from None
+            raise
+    width, height = im.size
+    if width * height > max_pixels:
+        im.close()
+        raise ImageError(f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels}")
+    return im
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line that says why a file could not be used as an image."""
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image (unrecognized format)"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        return f"corrupt or truncated image: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def load_image(source: Path | str | bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file (any format Pillow reads) into a `size` x `size` x 3 uint8 RGB array.
+
+    Applies EXIF orientation, takes the first frame of animations, converts every mode to RGB
+    (alpha over white) and squashes to a square with bilinear resampling, like Keras'
+    `load_img(target_size=...)` without cropping. Raises `ImageError` with a one-line reason.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open(source, max_pixels) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (size, size))
+                im.load()
+                oriented = ImageOps.exif_transpose(im)
+                rgb = _to_rgb(oriented)
+                resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
+                return np.asarray(resized, dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a reason
+        raise ImageError(describe_error(exc)) from exc
+
+
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Fully decode image bytes; return None when usable, else the reason it is not."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open(data, max_pixels) as im:
+                im.load()
+                _to_rgb(ImageOps.exif_transpose(im))
+    except Exception as exc:  # noqa: BLE001
+        return describe_error(exc)
+    return None
+
+
+def inspect_file(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, str | None]:
+    """Read a file once: its content sha256 and the reason it is not a usable image (None if it is)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return "", describe_error(exc)
+    return hashlib.sha256(data).hexdigest(), check_image(data, max_pixels)

@@ -1,0 +1,132 @@
+"""Model architectures. Each takes raw 0-255 RGB and rescales inside the model, so saved models carry their preprocessing.
+
+- `seed_cnn`: the course notebook's model and optimizer, the reference row.
+- `small_cnn`: a compact from-scratch CNN with batch norm, global pooling and dropout.
+- `mobilenet_v2`: ImageNet MobileNetV2 (frozen, then optionally the top blocks fine-tuned) plus a logistic head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from catdog.errors import CatdogError
+from catdog.params import TrainParams
+from catdog.tf import import_tf
+
+tf = import_tf()
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+BACKBONE = "mobilenetv2"
+
+
+def seed_cnn(image_size: int) -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((image_size, image_size, 3)),
+            layers.Rescaling(1 / 255),
+            layers.Conv2D(16, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(512, activation="relu"),
+            layers.Dense(1, activation="sigmoid"),
+        ],
+        name="seed_cnn",
+    )
+
+
+def small_cnn(image_size: int, dropout: float) -> keras.Model:
+    inputs = keras.Input((image_size, image_size, 3))
+    x = layers.Rescaling(1 / 255)(inputs)
+    for filters in (32, 64, 128, 256):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs, name="small_cnn")
+
+
+def mobilenet_v2(image_size: int, alpha: float, dropout: float, weights: Path) -> keras.Model:
+    inputs = keras.Input((image_size, image_size, 3))
+    x = layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    try:
+        base = keras.applications.MobileNetV2(
+            input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False, weights=str(weights)
+        )
+    except (ValueError, OSError) as exc:
+        raise CatdogError(f"cannot load MobileNetV2 alpha {alpha} weights from {weights}: {' '.join(str(exc).split())[:200]}") from None
+    base.name = BACKBONE
+    base.trainable = False
+    x = base(x, training=False)  # batch norm stays in inference mode, also while fine-tuning
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs, name="mobilenet_v2")
+
+
+def build_model(params: TrainParams, image_size: int, weights: Path | None) -> keras.Model:
+    """The model named by `params.model`, uncompiled."""
+    if params.model == "seed_cnn":
+        return seed_cnn(image_size)
+    if params.model == "small_cnn":
+        return small_cnn(image_size, params.dropout)
+    if weights is None or not Path(weights).is_file():
+        raise CatdogError(f"mobilenet_v2 needs the backbone weights file; not found: {weights}")
+    return mobilenet_v2(image_size, params.alpha, params.dropout, Path(weights))
+
+
+def optimizer(params: TrainParams, learning_rate: float) -> keras.optimizers.Optimizer:
+    if params.model == "seed_cnn":
+        return keras.optimizers.RMSprop(learning_rate=learning_rate)
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+def unfreeze_top_blocks(model: keras.Model, blocks: int) -> int:
+    """Make the last `blocks` inverted-residual blocks of the backbone (and its final conv) trainable.
+
+    Returns the number of backbone layers made trainable. Batch-norm layers stay frozen.
+    """
+    base = model.get_layer(BACKBONE)
+    block_ids = sorted({int(l.name.split("_")[1]) for l in base.layers if l.name.startswith("block_")})
+    first = block_ids[-blocks] if blocks <= len(block_ids) else block_ids[0]
+    base.trainable = True
+    opened = 0
+    tail = False
+    for layer in base.layers:
+        if layer.name.startswith(f"block_{first}_"):
+            tail = True
+        layer.trainable = tail and not isinstance(layer, layers.BatchNormalization)
+        opened += int(layer.trainable)
+    return opened
+
+
+def _flops(layer: keras.layers.Layer) -> int:
+    if hasattr(layer, "layers"):
+        return sum(_flops(inner) for inner in layer.layers)
+    try:
+        out = layer.output.shape
+    except (AttributeError, ValueError):
+        return 0
+    if isinstance(layer, layers.DepthwiseConv2D):
+        kh, kw = layer.kernel_size
+        return 2 * kh * kw * out[1] * out[2] * out[3]
+    if isinstance(layer, layers.Conv2D):
+        kh, kw = layer.kernel_size
+        cin = layer.input.shape[-1]
+        return 2 * kh * kw * cin * out[1] * out[2] * out[3]
+    if isinstance(layer, layers.Dense):
+        return 2 * layer.input.shape[-1] * out[-1]
+    return 0
+
+
+def flops_per_image(model: keras.Model) -> int:
+    """Multiply-adds x 2 of the convolution and dense layers for one image (the dominant cost)."""
+    return int(sum(_flops(layer) for layer in model.layers))

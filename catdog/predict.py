@@ -1,0 +1,255 @@
+"""Batch labeling of a folder: every file listed once, bad files explained, bounded memory, resumable.
+
+Files are listed (not opened) first and sorted; then decoded in parallel threads, a few batches
+ahead of the model, and written batch by batch to `<out>.partial`. After each batch the byte size
+and last path are saved to `<out>.progress.json`, so `--resume` continues a killed run exactly.
+The finished CSV is renamed onto `--out` in one step.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import json
+import os
+import stat
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from catdog.errors import CatdogError
+from catdog.fsutil import write_json
+from catdog.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from catdog.progress import progress_bar
+from catdog.runtime import Predictor
+
+COLUMNS = ("path", "label", "p_dog", "status", "error")
+PROGRESS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    rel: str  # relative to the labeled folder, "/"-separated
+    path: Path
+    problem: str | None = None  # known without opening it: broken symlink, FIFO, ...
+
+
+@dataclass(frozen=True)
+class Summary:
+    out: Path
+    ok: int
+    error: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return (self.ok + self.error) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _special(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "symlink to a folder (not followed)"
+    kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+    return f"not a regular file ({kind.get(stat.S_IFMT(mode), 'special file')})"
+
+
+def scan_folder(root: Path, recursive: bool = True, exclude: Iterable[Path] = ()) -> list[Entry]:
+    """Every file under `root` (hidden ones too), sorted by relative path, without opening any.
+
+    Symlinked files are followed; symlinked folders are listed, not entered, so loops cannot hang.
+    """
+    excluded = {os.path.abspath(p) for p in exclude}
+    entries: list[Entry] = []
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                children = list(it)
+        except OSError as exc:
+            if not prefix:
+                raise CatdogError(f"cannot read folder {root}: {exc.strerror or exc}") from None
+            entries.append(Entry(prefix.rstrip("/"), Path(folder), f"cannot list folder: {exc.strerror or exc}"))
+            continue
+        for child in children:
+            rel = prefix + child.name
+            if os.path.abspath(child.path) in excluded:
+                continue
+            try:
+                if child.is_symlink():
+                    try:
+                        problem = _special(os.stat(child.path).st_mode)
+                    except OSError as exc:
+                        problem = "symlink loop" if exc.errno == errno.ELOOP else "broken symlink"
+                    entries.append(Entry(rel, Path(child.path), problem))
+                elif child.is_dir(follow_symlinks=False):
+                    if recursive:
+                        stack.append((child.path, rel + "/"))
+                else:
+                    entries.append(Entry(rel, Path(child.path), _special(child.stat(follow_symlinks=False).st_mode)))
+            except OSError as exc:
+                entries.append(Entry(rel, Path(child.path), f"cannot stat: {exc.strerror or exc}"))
+    entries.sort(key=lambda e: e.rel)
+    return entries
+
+
+def shard_of(rel: str, count: int) -> int:
+    """A stable shard number in [0, count) for a relative path (same on every machine and run)."""
+    digest = hashlib.blake2b(rel.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' with 0 <= K < N."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise CatdogError(f"invalid --shard {text!r}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise CatdogError(f"invalid --shard {text!r}: need 0 <= K < N")
+    return k, n
+
+
+def score_files(
+    entries: list[Entry], predictor: Predictor, batch_size: int, workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[list[tuple[Entry, float | None, str | None]]]:
+    """Yield batches of (entry, p_dog, None) or (entry, None, reason), in order.
+
+    Decoding runs on a thread pool (Pillow releases the GIL) up to two batches ahead of the model.
+    """
+    size = predictor.meta.image_size
+
+    def decode(entry: Entry) -> np.ndarray | str:
+        if entry.problem:
+            return entry.problem
+        try:
+            return load_image(entry.path, size, max_pixels)
+        except ImageError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        pending: deque[tuple[list[Entry], list[Future]]] = deque()
+        batches = (entries[i : i + batch_size] for i in range(0, len(entries), batch_size))
+        for batch in batches:
+            pending.append((batch, [pool.submit(decode, e) for e in batch]))
+            if len(pending) > 2:
+                yield _run(*pending.popleft(), predictor)
+        while pending:
+            yield _run(*pending.popleft(), predictor)
+
+
+def _run(batch: list[Entry], futures: list[Future], predictor: Predictor) -> list[tuple[Entry, float | None, str | None]]:
+    decoded = [f.result() for f in futures]
+    arrays = [d for d in decoded if isinstance(d, np.ndarray)]
+    scores = iter(predictor.predict(np.stack(arrays)) if arrays else ())
+    return [(e, float(next(scores)), None) if isinstance(d, np.ndarray) else (e, None, d) for e, d in zip(batch, decoded)]
+
+
+def _job_key(root: Path, model: Path, threshold: float, shard: tuple[int, int], recursive: bool) -> dict:
+    model_files = sorted(model.iterdir()) if model.is_dir() else [model]
+    identity = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_files if p.is_file()]
+    return {
+        "root": os.path.abspath(root),
+        "model": hashlib.sha256(json.dumps(identity).encode()).hexdigest(),
+        "threshold": threshold,
+        "shard": list(shard),
+        "recursive": recursive,
+    }
+
+
+def _load_progress(progress: Path, partial: Path, key: dict) -> tuple[int, str | None]:
+    """(bytes to keep of the partial CSV, last path written) from a previous run of the same job."""
+    if not progress.exists() or not partial.exists():
+        return 0, None
+    try:
+        saved = json.loads(progress.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CatdogError(f"cannot resume: {progress} is unreadable; rerun without --resume") from None
+    if saved.get("version") != PROGRESS_VERSION or saved.get("key") != key:
+        raise CatdogError(
+            f"cannot resume: {progress} belongs to a different run (folder, model, threshold, shard or recursion differ); "
+            "rerun without --resume"
+        )
+    if partial.stat().st_size < saved["bytes"]:
+        raise CatdogError(f"cannot resume: {partial} is shorter than its saved progress; rerun without --resume")
+    return int(saved["bytes"]), saved.get("last")
+
+
+def _count_statuses(partial: Path) -> tuple[int, int]:
+    with open(partial, newline="", encoding="utf-8", errors="backslashreplace") as fh:
+        statuses = [row["status"] for row in csv.DictReader(fh)]
+    return statuses.count("ok"), statuses.count("error")
+
+
+def predict_folder(
+    root: Path,
+    predictor: Predictor,
+    model_path: Path,
+    out: Path,
+    batch_size: int = 64,
+    threshold: float | None = None,
+    recursive: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Summary:
+    """Label every file under `root` into the CSV `out` (columns path,label,p_dog,status,error)."""
+    started = time.perf_counter()
+    if not root.is_dir():
+        raise CatdogError(f"folder not found: {root}" if not root.exists() else f"not a folder: {root}")
+    if out.exists() and not overwrite:
+        raise CatdogError(f"{out} already exists; pass --overwrite to replace it")
+    if out.is_dir():
+        raise CatdogError(f"--out {out} is a folder; give a CSV file path")
+    threshold = predictor.meta.threshold if threshold is None else threshold
+    if not 0 < threshold < 1:
+        raise CatdogError(f"invalid threshold {threshold}: must be between 0 and 1")
+    classes = predictor.meta.classes
+    partial = out.with_name(out.name + ".partial")
+    progress = out.with_name(out.name + ".progress.json")
+    key = _job_key(root, model_path, threshold, shard, recursive)
+
+    entries = scan_folder(root, recursive, exclude=(out, partial, progress))
+    k, n = shard
+    if n > 1:
+        entries = [e for e in entries if shard_of(e.rel, n) == k]
+    keep, last = _load_progress(progress, partial, key) if resume else (0, None)
+    if last is not None:
+        entries = [e for e in entries if e.rel > last]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ok = error = 0
+    if keep:
+        os.truncate(partial, keep)
+        ok, error = _count_statuses(partial)
+    with open(partial, "a" if keep else "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        if not keep:
+            writer.writerow(COLUMNS)
+        with progress_bar(f"label {root}", len(entries)) as advance:
+            for batch in score_files(entries, predictor, batch_size, workers, max_pixels):
+                for entry, p_dog, reason in batch:
+                    if reason is None:
+                        writer.writerow((entry.rel, classes[int(p_dog >= threshold)], f"{p_dog:.6f}", "ok", ""))
+                        ok += 1
+                    else:
+                        writer.writerow((entry.rel, "", "", "error", reason))
+                        error += 1
+                fh.flush()
+                os.fsync(fh.fileno())
+                write_json(progress, {"version": PROGRESS_VERSION, "key": key, "bytes": fh.tell(), "last": batch[-1][0].rel})
+                advance(len(batch))
+    os.replace(partial, out)
+    progress.unlink(missing_ok=True)
+    return Summary(out, ok, error, time.perf_counter() - started)

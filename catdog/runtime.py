@@ -1,0 +1,132 @@
+"""Loading a trained model bundle for inference: LiteRT (`model.tflite`) when it can, Keras otherwise.
+
+A bundle is the folder `train` writes: `model.tflite`, `model.keras` and `meta.json`. LiteRT needs
+only the small `ai-edge-litert` package, so labeling runs without TensorFlow installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from catdog.errors import CatdogError
+
+RUNTIMES = ("auto", "litert", "keras")
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    classes: tuple[str, str]
+    image_size: int
+    threshold: float
+    model: str
+
+    @classmethod
+    def read(cls, path: Path) -> ModelMeta:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            meta = cls(tuple(raw["classes"]), int(raw["image_size"]), float(raw["threshold"]), str(raw.get("model", "?")))
+        except FileNotFoundError:
+            raise CatdogError(f"model metadata not found: {path} (expected beside the model)") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CatdogError(f"invalid model metadata {path}: {' '.join(str(exc).split())}") from None
+        if len(meta.classes) != 2 or not 0 < meta.threshold < 1 or meta.image_size < 1:
+            raise CatdogError(f"invalid model metadata {path}: needs 2 classes, 0 < threshold < 1 and image_size >= 1")
+        return meta
+
+
+class Predictor(Protocol):
+    meta: ModelMeta
+    runtime: str
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """p(classes[1]) for a batch of uint8 or float 0-255 RGB images, shape (n,)."""
+
+
+class LiteRTPredictor:
+    runtime = "litert"
+
+    def __init__(self, path: Path, meta: ModelMeta, threads: int | None = None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # TensorFlow ships the same interpreter
+            try:
+                from tensorflow.lite import Interpreter  # type: ignore[no-redef]
+            except ImportError:
+                raise CatdogError("LiteRT is not installed: pip install ai-edge-litert (or use --runtime keras)") from None
+        try:
+            self._interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+        except (ValueError, RuntimeError) as exc:
+            raise CatdogError(f"cannot load model {path}: {' '.join(str(exc).split())[:200]}") from None
+        self.meta = meta
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._batch = -1
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        if n != self._batch:
+            self._interpreter.resize_tensor_input(self._input, [n, self.meta.image_size, self.meta.image_size, 3])
+            self._interpreter.allocate_tensors()
+            self._batch = n
+        self._interpreter.set_tensor(self._input, np.asarray(images, dtype=np.float32))
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).reshape(n).astype(np.float64)
+
+
+class KerasPredictor:
+    runtime = "keras"
+
+    def __init__(self, path: Path, meta: ModelMeta):
+        try:
+            from catdog.tf import import_tf
+
+            tf = import_tf()
+            import keras
+        except ImportError:
+            raise CatdogError("TensorFlow is not installed: it is needed to run a .keras model") from None
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+            raise CatdogError(f"cannot load model {path}: {' '.join(str(exc).split())[:200]}") from None
+        self.meta = meta
+        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._tf = tf
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        out = self._call(self._tf.convert_to_tensor(np.asarray(images, dtype=np.float32)))
+        return np.asarray(out).reshape(len(images)).astype(np.float64)
+
+
+def _litert_available() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(name) is not None for name in ("ai_edge_litert", "tensorflow"))
+
+
+def load_predictor(path: Path | str, runtime: str = "auto", threads: int | None = None) -> Predictor:
+    """Open a bundle folder, or a `model.tflite` / `model.keras` file with `meta.json` beside it."""
+    path = Path(path)
+    if runtime not in RUNTIMES:
+        raise CatdogError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if not path.exists():
+        raise CatdogError(f"model not found: {path}")
+    folder = path if path.is_dir() else path.parent
+    meta = ModelMeta.read(folder / "meta.json")
+    if path.is_dir():
+        tflite, keras_file = path / "model.tflite", path / "model.keras"
+        if runtime == "auto":
+            runtime = "litert" if tflite.is_file() and _litert_available() else "keras"
+        path = tflite if runtime == "litert" else keras_file
+        if not path.is_file():
+            raise CatdogError(f"model not found: {path}")
+    elif runtime == "auto":
+        runtime = "litert" if path.suffix == ".tflite" else "keras"
+    if runtime == "litert":
+        return LiteRTPredictor(path, meta, threads)
+    return KerasPredictor(path, meta)

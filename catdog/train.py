@@ -1,0 +1,133 @@
+"""Training: seeded, deterministic fit with early stopping and dvclive logs; saves the model bundle.
+
+The bundle (a folder) holds `model.keras`, the LiteRT export `model.tflite`, and `meta.json` with
+the class names, image size, the decision threshold chosen on the val split, the training params
+and the model's cost (parameters, FLOPs per image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from catdog import __version__
+from catdog.data import make_dataset
+from catdog.errors import CatdogError
+from catdog.fsutil import replace_dir, write_json
+from catdog.metrics import choose_threshold, classification_metrics
+from catdog.model import build_model, flops_per_image, optimizer, unfreeze_top_blocks
+from catdog.params import Params
+from catdog.split import read_manifest
+from catdog.tf import import_tf, seed_everything
+
+tf = import_tf()
+import keras  # noqa: E402
+
+INPUT_DESCRIPTION = "RGB, 0-255 floats, decoded and squashed to image_size x image_size by catdog.images.load_image"
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    epochs_run: int
+    threshold: float
+    val_metrics: dict
+
+
+class _LiveLogger(keras.callbacks.Callback):
+    """Log loss and accuracy per epoch to dvclive, with one step counter across training phases."""
+
+    def __init__(self, live):
+        super().__init__()
+        self.live = live
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            name = key.removeprefix("val_")
+            if name in ("loss", "accuracy"):
+                self.live.log_metric(f"{'eval' if key.startswith('val_') else 'train'}/{name}", float(value))
+        self.live.next_step()
+
+
+def _labelled(rows: list[tuple[str, str]], images: Path) -> tuple[list[Path], list[int]]:
+    return [images / path for path, _ in rows], [int(label == "dog") for _, label in rows]
+
+
+def export_tflite(model: keras.Model, dest: Path) -> None:
+    """Convert to a LiteRT flatbuffer (float32, dynamic batch)."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter lists every captured variable
+        dest.write_bytes(converter.convert())
+
+
+def train(
+    params: Params, train_csv: Path, val_csv: Path, images: Path, weights: Path | None, model_dir: Path, live_dir: Path
+) -> TrainResult:
+    """Train the configured model and write the bundle to `model_dir` (replaced only on success)."""
+    from dvclive import Live
+
+    seed_everything(params.base.seed)
+    cfg, size = params.train, params.base.image_size
+    train_x, train_y = _labelled(read_manifest(train_csv), images)
+    val_x, val_y = _labelled(read_manifest(val_csv), images)
+    max_pixels = params.split.max_pixels
+    train_ds = make_dataset(train_x, train_y, size, cfg.batch_size, seed=params.base.seed, augment=cfg.augment, max_pixels=max_pixels)
+    val_ds = make_dataset(val_x, val_y, size, cfg.batch_size, max_pixels=max_pixels)
+
+    model = build_model(cfg, size, weights)
+    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
+    logger = _LiveLogger(live)
+
+    def fit(learning_rate: float, epochs: int, initial_epoch: int) -> int:
+        model.compile(optimizer=optimizer(cfg, learning_rate), loss="binary_crossentropy", metrics=["accuracy"])
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
+            callbacks=[stop, logger], verbose=2, shuffle=False,
+        )
+        return initial_epoch + len(history.epoch)
+
+    epochs_run = fit(cfg.learning_rate, cfg.epochs, 0)
+    if cfg.model == "mobilenet_v2" and cfg.fine_tune_epochs:
+        unfreeze_top_blocks(model, cfg.fine_tune_blocks)
+        epochs_run = fit(cfg.fine_tune_learning_rate, cfg.fine_tune_epochs, epochs_run)
+    live.end()
+
+    p_val = model.predict(val_ds, verbose=0).reshape(-1)
+    threshold = choose_threshold(np.asarray(val_y), p_val, cfg.threshold, cfg.fixed_threshold)
+    val_metrics = classification_metrics(np.asarray(val_y), p_val, threshold)
+
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
+    try:
+        model.save(tmp / "model.keras")
+        export_tflite(model, tmp / "model.tflite")
+        write_json(
+            tmp / "meta.json",
+            {
+                "catdog_version": __version__,
+                "model": cfg.model,
+                "classes": list(params.base.classes),
+                "image_size": size,
+                "input": INPUT_DESCRIPTION,
+                "threshold": threshold,
+                "threshold_method": cfg.threshold,
+                "seed": params.base.seed,
+                "train_params": cfg.model_dump(),
+                "param_count": int(model.count_params()),
+                "flops_per_image": flops_per_image(model),
+                "epochs_run": epochs_run,
+                "val_metrics": val_metrics,
+            },
+        )
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, model_dir)
+    return TrainResult(model_dir, epochs_run, threshold, val_metrics)

@@ -1,0 +1,99 @@
+"""Training: the reference architecture, reproducibility, the saved bundle, and LiteRT vs Keras agreement."""
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import DATASET_ZIP, REPO, WEIGHTS_035, catdog, require_shared, synthetic_dataset, tiny_overrides, write_params
+
+
+def write_manifests(root, n_train, n_val):
+    for name, split, n in (("train", "train", n_train), ("val", "validation", n_val)):
+        (root / f"{name}.csv").write_text(
+            "path,label\n" + "".join(f"pets/{split}/{c}s/{c}.{split}.{i}.jpg,{c}\n" for c in ("cat", "dog") for i in range(n))
+        )
+
+
+def train_and_evaluate(root, tag, overrides):
+    """Run the train and evaluate commands in fresh processes; return the metrics file bytes and bundle."""
+    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
+    write_params(root, overrides)
+    bundle = root / f"models_{tag}"
+    catdog("train", "--params", root / "params.yaml", "--train", root / "train.csv", "--val", root / "val.csv",
+           "--images", root / "images", "--weights", WEIGHTS_035, "--model-dir", bundle, "--live-dir", root / f"live_{tag}", cwd=root)
+    catdog("evaluate", "--params", root / "params.yaml", "--model", bundle, "--test", root / "val.csv", "--images", root / "images",
+           "--metrics", root / f"metrics_{tag}.json", "--plots-dir", root / f"plots_{tag}", cwd=root)
+    return (root / f"metrics_{tag}.json").read_bytes(), bundle
+
+
+def test_seed_cnn_is_the_course_notebook_model():
+    from catdog.model import build_model, optimizer
+    from catdog.params import TrainParams
+
+    params = TrainParams(model="seed_cnn", learning_rate=0.001)
+    model = build_model(params, 150, None)
+    convs = [l for l in model.layers if l.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [16, 32, 64]
+    assert [l.units for l in model.layers if l.__class__.__name__ == "Dense"] == [512, 1]
+    assert model.count_params() == 9_494_561  # the notebook's model.summary() total
+    opt = optimizer(params, 0.001)
+    assert opt.__class__.__name__ == "RMSprop" and float(opt.learning_rate) == pytest.approx(0.001)
+
+
+def test_two_runs_with_the_same_params_give_identical_metrics(tmp_path):
+    synthetic_dataset(tmp_path / "images", n_train=16, n_val=6)
+    write_manifests(tmp_path, 16, 6)
+    overrides = tiny_overrides(tmp_path / "unused.zip")
+    overrides["train"].update(epochs=2, augment=True)
+    first, bundle = train_and_evaluate(tmp_path, "a", overrides)
+    second, _ = train_and_evaluate(tmp_path, "b", overrides)
+    assert first == second
+    assert (tmp_path / "live_a/metrics.json").read_text() == (tmp_path / "live_b/metrics.json").read_text()
+
+    meta = json.loads((bundle / "meta.json").read_text())
+    assert meta["classes"] == ["cat", "dog"] and meta["image_size"] == 32
+    assert 0 < meta["threshold"] < 1 and meta["threshold_method"] == "accuracy"
+    assert meta["param_count"] > 0 and meta["flops_per_image"] > 0
+    assert meta["train_params"]["model"] == "small_cnn"
+    assert {p.name for p in bundle.iterdir()} == {"model.keras", "model.tflite", "meta.json"}
+    for series in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy"):
+        assert len((tmp_path / f"live_a/plots/metrics/{series}.tsv").read_text().splitlines()) == 3  # header + 2 epochs
+
+
+def test_litert_export_agrees_with_keras_on_real_photos(tmp_path):
+    """A MobileNetV2 bundle, scored by both runtimes on real photos: |delta p_dog| <= 1e-4."""
+    from catdog.images import load_image
+    from catdog.runtime import load_predictor
+
+    require_shared(DATASET_ZIP)
+    synthetic_dataset(tmp_path / "images", n_train=8, n_val=4)
+    write_manifests(tmp_path, 8, 4)
+    overrides = tiny_overrides(tmp_path / "unused.zip")
+    overrides["base"]["image_size"] = 96
+    overrides["train"].update(model="mobilenet_v2", alpha=0.35, epochs=1, fine_tune_epochs=1, augment=False)
+    _, bundle = train_and_evaluate(tmp_path, "m", overrides)
+
+    with zipfile.ZipFile(DATASET_ZIP) as zf:
+        names = [n for n in zf.namelist() if n.endswith(".jpg")][::150]
+        zf.extractall(tmp_path / "real", members=names)
+    batch = np.stack([load_image(tmp_path / "real" / n, 96) for n in names])
+    lite = load_predictor(bundle, "litert").predict(batch)
+    keras = load_predictor(bundle, "keras").predict(batch)
+    assert len(names) == 20
+    assert np.abs(lite - keras).max() <= 1e-4
+
+
+def test_fine_tuning_opens_only_the_top_blocks(tmp_path):
+    require_shared(WEIGHTS_035)
+    from catdog.model import BACKBONE, build_model, unfreeze_top_blocks
+    from catdog.params import TrainParams
+
+    model = build_model(TrainParams(model="mobilenet_v2", alpha=0.35), 96, WEIGHTS_035)
+    assert not any(l.trainable_weights for l in model.get_layer(BACKBONE).layers)
+    unfreeze_top_blocks(model, 2)
+    trainable = {l.name for l in model.get_layer(BACKBONE).layers if l.trainable_weights}
+    assert trainable and all(n.startswith(("block_15_", "block_16_", "Conv_1")) for n in trainable)
+    assert not any("bn" in n.lower() for n in trainable)
