@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from catdog.images import DEFAULT_MAX_PIXELS, load_image
-from catdog.tf import import_tf
+from catdog.tfsetup import import_tf
 
 tf = import_tf()
 AUTOTUNE = tf.data.AUTOTUNE

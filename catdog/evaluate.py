@@ -5,11 +5,10 @@ It scores images with the same runtime and decoding as the labeler, at the thres
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from catdog.errors import CatdogError
 from catdog.fsutil import write_json, write_text
@@ -21,11 +20,7 @@ from catdog.split import read_manifest
 
 
 def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return pd.DataFrame(rows).to_csv(index=False, lineterminator="\n")
 
 
 def evaluate(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from catdog.errors import CatdogError
 from catdog.params import TrainParams
-from catdog.tf import import_tf
+from catdog.tfsetup import import_tf
 
 tf = import_tf()
 import keras  # noqa: E402

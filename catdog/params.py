@@ -61,15 +61,15 @@ class TrainParams(_Section):
     model: Literal["seed_cnn", "small_cnn", "mobilenet_v2"] = "mobilenet_v2"
     alpha: float = 0.5
     batch_size: int = Field(32, ge=1)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(12, ge=1)
     learning_rate: float = Field(0.001, gt=0)
-    fine_tune_epochs: int = Field(0, ge=0)
-    fine_tune_blocks: int = Field(2, ge=1, le=16)
-    fine_tune_learning_rate: float = Field(1e-5, gt=0)
+    fine_tune_epochs: int = Field(8, ge=0)
+    fine_tune_blocks: int = Field(4, ge=1, le=16)
+    fine_tune_learning_rate: float = Field(5e-5, gt=0)
     dropout: float = Field(0.2, ge=0, lt=1)
     augment: bool = True
     patience: int = Field(3, ge=1)
-    threshold: Literal["fixed", "accuracy", "f1"] = "accuracy"
+    threshold: Literal["fixed", "accuracy", "f1"] = "fixed"
     fixed_threshold: float = Field(0.5, gt=0, lt=1)
 
     @field_validator("alpha")

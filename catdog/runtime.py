@@ -84,7 +84,7 @@ class KerasPredictor:
 
     def __init__(self, path: Path, meta: ModelMeta):
         try:
-            from catdog.tf import import_tf
+            from catdog.tfsetup import import_tf
 
             tf = import_tf()
             import keras

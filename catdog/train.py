@@ -18,13 +18,12 @@ import numpy as np
 
 from catdog import __version__
 from catdog.data import make_dataset
-from catdog.errors import CatdogError
 from catdog.fsutil import replace_dir, write_json
 from catdog.metrics import choose_threshold, classification_metrics
 from catdog.model import build_model, flops_per_image, optimizer, unfreeze_top_blocks
 from catdog.params import Params
 from catdog.split import read_manifest
-from catdog.tf import import_tf, seed_everything
+from catdog.tfsetup import import_tf, seed_everything
 
 tf = import_tf()
 import keras  # noqa: E402

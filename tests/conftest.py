@@ -122,7 +122,7 @@ def tiny_overrides(dataset: Path, weights: Path = WEIGHTS_035, weights_sha256: s
     return {
         "base": {"image_size": 32},
         "fetch": {"dataset": {"url": str(dataset), "sha256": None}, "weights": {"url": str(weights), "sha256": weights_sha256}},
-        "train": {"model": "small_cnn", "epochs": 1, "fine_tune_epochs": 0, "batch_size": 16, "augment": True},
+        "train": {"model": "small_cnn", "epochs": 1, "fine_tune_epochs": 0, "batch_size": 16, "augment": True, "threshold": "accuracy"},
         "evaluate": {"n_wrong": 4},
     }
 
