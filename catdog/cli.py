@@ -139,6 +139,10 @@ def main() -> None:
     except CatdogError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # e.g. an unwritable output folder or a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

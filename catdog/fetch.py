@@ -16,7 +16,6 @@ import shutil
 import socket
 import stat
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -27,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from catdog import __version__
 from catdog.errors import CatdogError
-from catdog.fsutil import atomic_path, replace_dir, write_json
+from catdog.fsutil import atomic_path, replace_dir, temp_dir_beside, write_json
 from catdog.params import FetchParams, Source
 from catdog.progress import progress_bar
 
@@ -227,8 +226,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_files: int) -
         extractor = _extract_tar
     else:
         raise CatdogError(f"{archive.name} is not a zip or tar archive")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent))
+    tmp = temp_dir_beside(dest, ".extract")
     try:
         extractor(archive, tmp, max_bytes, max_files)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:

@@ -12,12 +12,30 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir_beside(dest: Path, suffix: str = "") -> Path:
+    """A new empty folder beside `dest`, with the permissions a plain mkdir would give (not mkdtemp's 0700)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=f"{suffix}.tmp", dir=dest.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
 @contextmanager
 def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds."""
+    """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds.
+
+    The file gets the permissions a plain open() would give (not mkstemp's 0600), so others can read outputs.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{suffix}.tmp", dir=dest.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:

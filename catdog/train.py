@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from catdog import __version__
 from catdog.data import make_dataset
-from catdog.fsutil import replace_dir, write_json
+from catdog.fsutil import replace_dir, temp_dir_beside, write_json
 from catdog.metrics import choose_threshold, classification_metrics
 from catdog.model import build_model, flops_per_image, optimizer, unfreeze_top_blocks
 from catdog.params import Params
@@ -102,8 +101,7 @@ def train(
     threshold = choose_threshold(np.asarray(val_y), p_val, cfg.threshold, cfg.fixed_threshold)
     val_metrics = classification_metrics(np.asarray(val_y), p_val, threshold)
 
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
+    tmp = temp_dir_beside(model_dir)
     try:
         model.save(tmp / "model.keras")
         export_tflite(model, tmp / "model.tflite")

@@ -167,6 +167,14 @@ def test_existing_csv_is_kept_without_overwrite(tiny_bundle, tmp_path):
     assert read_rows(out)[0]["path"] == "a.jpg"
 
 
+def test_unwritable_output_is_a_one_line_error(tiny_bundle, tmp_path):
+    make_image(tmp_path / "in" / "a.jpg")
+    (tmp_path / "file").write_text("a file, not a folder")
+    result = catdog("predict-folder", tmp_path / "in", "--model", tiny_bundle, "--out", tmp_path / "file" / "labels.csv", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'file'}")
+
+
 def test_output_inside_the_labelled_folder_is_not_labelled(tiny_bundle, tmp_path):
     make_image(tmp_path / "photos" / "a.jpg")
     out = tmp_path / "photos" / "labels.csv"
