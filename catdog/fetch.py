@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import os
+import posixpath
 import shutil
 import socket
 import stat
@@ -204,16 +205,31 @@ def _extract_zip(archive: Path, target: Path, max_bytes: int, max_files: int) ->
                     fout.write(chunk)
 
 
+def _check_tar_member(member: tarfile.TarInfo) -> None:
+    path = _safe_member(member.name)
+    if member.issym() or member.islnk():
+        # A symlink resolves from its own folder, a hard link from the archive root.
+        base = path.parent if member.issym() else PurePosixPath()
+        target = PurePosixPath(posixpath.normpath(base / member.linkname))
+        if PurePosixPath(member.linkname).is_absolute() or target.parts[:1] == ("..",):
+            raise CatdogError(f"archive rejected: link {member.name!r} points outside the target ({member.linkname!r})")
+    elif not (member.isfile() or member.isdir()):
+        raise CatdogError(f"archive rejected: special file entry {member.name!r} (device or FIFO)")
+
+
 def _extract_tar(archive: Path, target: Path, max_bytes: int, max_files: int) -> None:
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
         for member in members:
-            _safe_member(member.name)
+            _check_tar_member(member)
         _check_bounds(len(members), sum(m.size for m in members), max_files, max_bytes)
-        try:
-            tf.extractall(target, filter="data")
-        except tarfile.FilterError as exc:
-            raise CatdogError(f"archive rejected: {exc}") from None
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: the standard library's checks as well
+            try:
+                tf.extractall(target, filter="data")
+            except tarfile.FilterError as exc:
+                raise CatdogError(f"archive rejected: {exc}") from None
+        else:
+            tf.extractall(target)
 
 
 def extract_archive(archive: Path, dest: Path, max_bytes: int, max_files: int) -> None:
