@@ -40,14 +40,19 @@ def seed_cnn(image_size: int) -> keras.Model:
 
 
 def small_cnn(image_size: int, dropout: float) -> keras.Model:
+    # One conv per block, five blocks: a third of the FLOPs of two convs per block (557 vs 1689 MFLOPs
+    # at 128 px), so ~2.3x the epochs fit the same CPU time. Batch-norm momentum 0.9 (not 0.99): with
+    # ~50 steps an epoch the moving statistics must follow the weights faster; with 0.99 the val
+    # accuracy of a 128 px run sat at 0.50 for its first 9 epochs.
     inputs = keras.Input((image_size, image_size, 3))
     x = layers.Rescaling(1 / 255)(inputs)
-    for filters in (32, 64, 128, 256):
-        for _ in range(2):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-            x = layers.BatchNormalization()(x)
-            x = layers.ReLU()(x)
-        x = layers.MaxPooling2D(2)(x)
+    blocks = (32, 64, 128, 256, 256)
+    for i, filters in enumerate(blocks):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU()(x)
+        if i < len(blocks) - 1:
+            x = layers.MaxPooling2D(2)(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(dropout)(x)
     outputs = layers.Dense(1, activation="sigmoid")(x)
@@ -83,7 +88,8 @@ def build_model(params: TrainParams, image_size: int, weights: Path | None) -> k
     return mobilenet_v2(image_size, params.alpha, params.dropout, Path(weights))
 
 
-def optimizer(params: TrainParams, learning_rate: float) -> keras.optimizers.Optimizer:
+def optimizer(params: TrainParams, learning_rate) -> keras.optimizers.Optimizer:
+    """The model's optimizer; `learning_rate` is a float or a Keras schedule."""
     if params.model == "seed_cnn":
         return keras.optimizers.RMSprop(learning_rate=learning_rate)
     return keras.optimizers.Adam(learning_rate=learning_rate)

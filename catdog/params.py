@@ -63,6 +63,7 @@ class TrainParams(_Section):
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(12, ge=1)
     learning_rate: float = Field(0.001, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     fine_tune_epochs: int = Field(8, ge=0)
     fine_tune_blocks: int = Field(4, ge=1, le=16)
     fine_tune_learning_rate: float = Field(5e-5, gt=0)

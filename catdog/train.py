@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,13 @@ def train(
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
     logger = _LiveLogger(live)
 
+    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
+
     def fit(learning_rate: float, epochs: int, initial_epoch: int) -> int:
-        model.compile(optimizer=optimizer(cfg, learning_rate), loss="binary_crossentropy", metrics=["accuracy"])
+        rate = learning_rate
+        if cfg.lr_schedule == "cosine":  # decays to zero by the last epoch: calmer val loss late in training
+            rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps_per_epoch)
+        model.compile(optimizer=optimizer(cfg, rate), loss="binary_crossentropy", metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
         history = model.fit(
             train_ds, validation_data=val_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
