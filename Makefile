@@ -1,6 +1,6 @@
 # The two README commands: `make repro` (set up, then run the whole pipeline) and `make test`.
 # Everything installs into .venv from the pinned requirements.lock, so a fresh clone needs only python3.11.
-PYTHON ?= python3
+PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -315,7 +315,7 @@ def main() -> None:
           f"best and median of {args.repeats} interleaved rounds")
     print(f"{'measure':<58} {'best/s':>8} {'median/s':>9} {'CPU ms/img':>11}")
     print("-" * 90)
-    print(f"{f'A  notebook loop: load_img + predict(x[None]), Keras':<58} {a:>8.1f} {'':>9} {'':>11}  ({args.baseline_files} files, once)")
+    print(f"{'A  notebook loop: load_img + predict(x[None]), Keras':<58} {a:>8.1f} {'':>9} {'':>11}  ({args.baseline_files} files, once)")
     print(f"{f'B  decode only: load_image, {cores} threads':<58} {b_best:>8.1f} {b_med:>9.1f} {1000 * b_cpu:>11.2f}")
     print(f"{'C  model only: LiteRT, batch 64, in memory':<58} {c_best:>8.1f} {c_med:>9.1f} {1000 * c_cpu:>11.2f}")
     print(f"{'   (model only: Keras, batch 64, in memory; once)':<58} {c_keras:>8.1f} {'':>9} {'':>11}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catdog.images import DEFAULT_MAX_PIXELS, load_image
+from catdog.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from catdog.tfsetup import import_tf
 
 tf = import_tf()
@@ -43,7 +43,11 @@ def make_dataset(
     """Batches of (float32 0-255 RGB images, float32 labels). `seed` turns on shuffling each epoch."""
 
     def decode(path: bytes) -> np.ndarray:
-        return load_image(path.decode("utf-8"), image_size, max_pixels)
+        name = path.decode("utf-8")
+        try:
+            return load_image(name, image_size, max_pixels)
+        except ImageError as exc:
+            raise ImageError(f"{name}: {exc}") from None
 
     def load(path, label):
         image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)

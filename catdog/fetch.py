@@ -8,11 +8,12 @@ Extraction rejects unsafe entries, bounds size and entry count, and swaps the ne
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import json
+import lzma
 import os
-import posixpath
 import shutil
 import socket
 import stat
@@ -22,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -137,19 +139,28 @@ def download(source: Source, downloads: Path, timeout_s: float = 30.0, retries: 
     name = file_name(source.url)
     final, record = downloads / name, downloads / f"{name}.json"
     expected = source.sha256.lower() if source.sha256 else None
+    local = _local_path(source.url)
+    # A local source may change under the same path: its size and mtime are part of the record.
+    stamp = None
+    if local is not None:
+        try:
+            info = local.stat()
+        except OSError:
+            raise CatdogError(f"source not found: {local}") from None
+        stamp = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
     if final.exists() and record.exists():
         try:
             previous = json.loads(record.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             previous = {}
-        if previous.get("url") == source.url and expected in (None, previous.get("sha256")):
+        same_source = previous.get("url") == source.url and previous.get("source") == stamp
+        if same_source and expected in (None, previous.get("sha256")):
             actual = sha256_of(final)
             if actual == previous.get("sha256"):
                 return Fetched(final, actual, final.stat().st_size)
 
     part = downloads / f"{name}.part"
-    local = _local_path(source.url)
     if local is not None:
         _copy_local(local, part)
     else:
@@ -161,7 +172,7 @@ def download(source: Source, downloads: Path, timeout_s: float = 30.0, retries: 
         raise CatdogError(f"checksum mismatch for {source.url}: expected sha256 {expected}, got {actual}")
     size = part.stat().st_size
     os.replace(part, final)
-    write_json(record, {"url": source.url, "sha256": actual, "size": size})
+    write_json(record, {"url": source.url, "sha256": actual, "size": size, "source": stamp})
     return Fetched(final, actual, size)
 
 
@@ -206,14 +217,12 @@ def _extract_zip(archive: Path, target: Path, max_bytes: int, max_files: int) ->
 
 
 def _check_tar_member(member: tarfile.TarInfo) -> None:
-    path = _safe_member(member.name)
+    _safe_member(member.name)
+    # Links are rejected outright (as in zips): checking each target alone is not enough, since an
+    # earlier link can redirect a later entry's path outside the target.
     if member.issym() or member.islnk():
-        # A symlink resolves from its own folder, a hard link from the archive root.
-        base = path.parent if member.issym() else PurePosixPath()
-        target = PurePosixPath(posixpath.normpath(base / member.linkname))
-        if PurePosixPath(member.linkname).is_absolute() or target.parts[:1] == ("..",):
-            raise CatdogError(f"archive rejected: link {member.name!r} points outside the target ({member.linkname!r})")
-    elif not (member.isfile() or member.isdir()):
+        raise CatdogError(f"archive rejected: link entry {member.name!r} -> {member.linkname!r}")
+    if not (member.isfile() or member.isdir()):
         raise CatdogError(f"archive rejected: special file entry {member.name!r} (device or FIFO)")
 
 
@@ -224,10 +233,7 @@ def _extract_tar(archive: Path, target: Path, max_bytes: int, max_files: int) ->
             _check_tar_member(member)
         _check_bounds(len(members), sum(m.size for m in members), max_files, max_bytes)
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: the standard library's checks as well
-            try:
-                tf.extractall(target, filter="data")
-            except tarfile.FilterError as exc:
-                raise CatdogError(f"archive rejected: {exc}") from None
+            tf.extractall(target, filter="data")
         else:
             tf.extractall(target)
 
@@ -245,9 +251,14 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_files: int) -
     tmp = temp_dir_beside(dest, ".extract")
     try:
         extractor(archive, tmp, max_bytes, max_files)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CatdogError(f"archive rejected: {archive.name} is corrupt or truncated ({' '.join(str(exc).split())})") from None
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (gzip.BadGzipFile, lzma.LZMAError)) or exc.errno is None:
+            raise CatdogError(f"archive rejected: {archive.name} is corrupt or truncated ({' '.join(str(exc).split())})") from None
+        raise CatdogError(f"cannot extract {archive.name} into {dest.parent}: {exc.strerror}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

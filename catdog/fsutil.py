@@ -40,6 +40,8 @@ def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        with open(tmp_path, "rb") as fh:  # on disk before the rename, so a crash never leaves an empty file
+            os.fsync(fh.fileno())
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():

@@ -125,6 +125,8 @@ def load_params(path: Path | str) -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CatdogError(f"params file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise CatdogError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise CatdogError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
     return parse_params(raw, str(path))

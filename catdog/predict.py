@@ -179,9 +179,17 @@ def _load_progress(progress: Path, partial: Path, key: dict) -> tuple[int, str |
             f"cannot resume: {progress} belongs to a different run (folder, model, threshold, shard or recursion differ); "
             "rerun without --resume"
         )
-    if partial.stat().st_size < saved["bytes"]:
-        raise CatdogError(f"cannot resume: {partial} is shorter than its saved progress; rerun without --resume")
-    return int(saved["bytes"]), saved.get("last")
+    if not isinstance(saved.get("bytes"), int) or partial.stat().st_size < saved["bytes"]:
+        raise CatdogError(f"cannot resume: {partial} does not match its saved progress; rerun without --resume")
+    return saved["bytes"], saved.get("last")
+
+
+def _in_flight(path: Path, out_dir: Path) -> bool:
+    """catdog's own working files beside an --out (this run's, or a parallel shard's): never labelled."""
+    name = path.name
+    return os.path.abspath(path.parent) == os.path.abspath(out_dir) and (
+        name.endswith((".partial", ".progress.json")) or (name.startswith(".") and name.endswith(".tmp"))
+    )
 
 
 def _count_statuses(partial: Path) -> tuple[int, int]:
@@ -202,9 +210,12 @@ def predict_folder(
     resume: bool = False,
     overwrite: bool = False,
     workers: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
 ) -> Summary:
-    """Label every file under `root` into the CSV `out` (columns path,label,p_dog,status,error)."""
+    """Label every file under `root` into the CSV `out` (columns path,label,p_dog,status,error).
+
+    `max_pixels` defaults to the limit the model was trained with (meta.json).
+    """
     started = time.perf_counter()
     if not root.is_dir():
         raise CatdogError(f"folder not found: {root}" if not root.exists() else f"not a folder: {root}")
@@ -218,9 +229,12 @@ def predict_folder(
     classes = predictor.meta.classes
     partial = out.with_name(out.name + ".partial")
     progress = out.with_name(out.name + ".progress.json")
+    if progress.exists() and not (resume or overwrite):
+        raise CatdogError(f"an interrupted run left its progress in {progress}; pass --resume to continue it or --overwrite to start over")
     key = _job_key(root, model_path, threshold, shard, recursive)
+    max_pixels = predictor.meta.max_pixels if max_pixels is None else max_pixels
 
-    entries = scan_folder(root, recursive, exclude=(out, partial, progress))
+    entries = [e for e in scan_folder(root, recursive, exclude=(out,)) if not _in_flight(e.path, out.parent)]
     k, n = shard
     if n > 1:
         entries = [e for e in entries if shard_of(e.rel, n) == k]

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from catdog.errors import CatdogError
+from catdog.images import DEFAULT_MAX_PIXELS
 
 RUNTIMES = ("auto", "litert", "keras")
 
@@ -25,12 +26,16 @@ class ModelMeta:
     image_size: int
     threshold: float
     model: str
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the pixel limit the model was trained with
 
     @classmethod
     def read(cls, path: Path) -> ModelMeta:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            meta = cls(tuple(raw["classes"]), int(raw["image_size"]), float(raw["threshold"]), str(raw.get("model", "?")))
+            meta = cls(
+                tuple(raw["classes"]), int(raw["image_size"]), float(raw["threshold"]), str(raw.get("model", "?")),
+                int(raw.get("max_pixels", DEFAULT_MAX_PIXELS)),
+            )
         except FileNotFoundError:
             raise CatdogError(f"model metadata not found: {path} (expected beside the model)") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -64,7 +69,12 @@ class LiteRTPredictor:
         except (ValueError, RuntimeError) as exc:
             raise CatdogError(f"cannot load model {path}: {' '.join(str(exc).split())[:200]}") from None
         self.meta = meta
-        self._input = self._interpreter.get_input_details()[0]["index"]
+        details = self._interpreter.get_input_details()[0]
+        if list(details["shape"][1:]) != [meta.image_size, meta.image_size, 3]:
+            raise CatdogError(
+                f"cannot load model {path}: it takes {list(details['shape'][1:])} inputs but meta.json says image_size {meta.image_size}"
+            )
+        self._input = details["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._batch = -1
 
@@ -106,7 +116,7 @@ class KerasPredictor:
 def _litert_available() -> bool:
     import importlib.util
 
-    return any(importlib.util.find_spec(name) is not None for name in ("ai_edge_litert", "tensorflow"))
+    return importlib.util.find_spec("ai_edge_litert") is not None
 
 
 def load_predictor(path: Path | str, runtime: str = "auto", threads: int | None = None) -> Predictor:

@@ -172,6 +172,8 @@ def read_manifest(path: Path) -> list[tuple[str, str]]:
             rows = [(row["path"], row["label"]) for row in reader]
     except FileNotFoundError:
         raise CatdogError(f"manifest not found: {path}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise CatdogError(f"{path}: not a readable manifest CSV ({exc})") from None
     bad = next((label for _, label in rows if label not in ("cat", "dog")), None)
     if bad is not None:
         raise CatdogError(f"{path}: unknown label {bad!r} (expected cat or dog)")

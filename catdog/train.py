@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from catdog import __version__
 from catdog.data import make_dataset
+from catdog.errors import CatdogError
 from catdog.fsutil import replace_dir, temp_dir_beside, write_json
 from catdog.metrics import choose_threshold, classification_metrics
 from catdog.model import build_model, flops_per_image, optimizer, unfreeze_top_blocks
@@ -58,6 +61,36 @@ def _labelled(rows: list[tuple[str, str]], images: Path) -> tuple[list[Path], li
     return [images / path for path, _ in rows], [int(label == "dog") for _, label in rows]
 
 
+def _renumber_shared_ids(node, ids: dict):
+    """Keras names shared objects by their Python id(); number them in order of appearance instead."""
+    if isinstance(node, dict):
+        return {
+            key: ids.setdefault(value, len(ids) + 1) if key == "shared_object_id" else _renumber_shared_ids(value, ids)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_renumber_shared_ids(value, ids) for value in node]
+    return node
+
+
+def save_keras(model: keras.Model, dest: Path) -> None:
+    """Save a .keras archive that is byte-identical for identical weights (no save date, fixed zip times)."""
+    model.save(dest)
+    with zipfile.ZipFile(dest) as zin:
+        entries = [(info, zin.read(info)) for info in zin.infolist()]
+    with zipfile.ZipFile(dest, "w") as zout:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_ids(json.loads(data), {})).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            zout.writestr(fixed, data)
+
+
 def export_tflite(model: keras.Model, dest: Path) -> None:
     """Convert to a LiteRT flatbuffer (float32, dynamic batch)."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -75,6 +108,12 @@ def train(
     cfg, size = params.train, params.base.image_size
     train_x, train_y = _labelled(read_manifest(train_csv), images)
     val_x, val_y = _labelled(read_manifest(val_csv), images)
+    for manifest, paths in ((train_csv, train_x), (val_csv, val_x)):
+        missing = next((p for p in paths if not p.is_file()), None)
+        if missing is not None:
+            raise CatdogError(f"{missing}: listed in {manifest} but not found (is --images right?)")
+    if model_dir.exists() and any(model_dir.iterdir()) and not (model_dir / "meta.json").exists():
+        raise CatdogError(f"{model_dir} exists and is not a catdog model bundle; refusing to replace it")
     max_pixels = params.split.max_pixels
     train_ds = make_dataset(train_x, train_y, size, cfg.batch_size, seed=params.base.seed, augment=cfg.augment, max_pixels=max_pixels)
     val_ds = make_dataset(val_x, val_y, size, cfg.batch_size, max_pixels=max_pixels)
@@ -97,10 +136,14 @@ def train(
         )
         return initial_epoch + len(history.epoch)
 
-    epochs_run = fit(cfg.learning_rate, cfg.epochs, 0)
-    if cfg.model == "mobilenet_v2" and cfg.fine_tune_epochs:
-        unfreeze_top_blocks(model, cfg.fine_tune_blocks)
-        epochs_run = fit(cfg.fine_tune_learning_rate, cfg.fine_tune_epochs, epochs_run)
+    try:
+        epochs_run = fit(cfg.learning_rate, cfg.epochs, 0)
+        if cfg.model == "mobilenet_v2" and cfg.fine_tune_epochs:
+            unfreeze_top_blocks(model, cfg.fine_tune_blocks)
+            epochs_run = fit(cfg.fine_tune_learning_rate, cfg.fine_tune_epochs, epochs_run)
+    except tf.errors.OpError as exc:  # e.g. an image that changed on disk since split validated it
+        detail = next((line for line in exc.message.splitlines() if "ImageError" in line), exc.message.splitlines()[0])
+        raise CatdogError(f"training input failed: {detail.strip()}") from None
     live.end()
 
     p_val = model.predict(val_ds, verbose=0).reshape(-1)
@@ -109,7 +152,7 @@ def train(
 
     tmp = temp_dir_beside(model_dir)
     try:
-        model.save(tmp / "model.keras")
+        save_keras(model, tmp / "model.keras")
         export_tflite(model, tmp / "model.tflite")
         write_json(
             tmp / "meta.json",
@@ -118,6 +161,7 @@ def train(
                 "model": cfg.model,
                 "classes": list(params.base.classes),
                 "image_size": size,
+                "max_pixels": max_pixels,
                 "input": INPUT_DESCRIPTION,
                 "threshold": threshold,
                 "threshold_method": cfg.threshold,

@@ -205,13 +205,26 @@ def fetch_params(dataset: str, weights: str, sha256: str | None = None, **option
 # --- sources: local path, file:// URL, http URL ---------------------------------------------------------------------
 
 
+def test_changed_local_source_is_copied_again_under_the_same_path(tmp_path, small_zip):
+    first = download(Source(url=str(small_zip)), tmp_path / "dl")
+    data = small_zip.read_bytes()
+    small_zip.write_bytes(data + b"\0" * 7)  # new content, same path
+    os.utime(small_zip, ns=(0, 10**18))
+    second = download(Source(url=str(small_zip)), tmp_path / "dl")
+    assert second.size == first.size + 7 and second.sha256 != first.sha256
+
+
 def test_local_path_is_copied_verified_and_recorded(tmp_path, small_zip):
     expected = sha256(small_zip.read_bytes())
     got = download(Source(url=str(small_zip), sha256=expected), tmp_path / "dl")
     assert got == Fetched(tmp_path / "dl" / "pets.zip", expected, small_zip.stat().st_size)
     assert got.path.read_bytes() == small_zip.read_bytes()
     record = json.loads((tmp_path / "dl" / "pets.zip.json").read_text())
-    assert record == {"url": str(small_zip), "sha256": expected, "size": small_zip.stat().st_size}
+    info = small_zip.stat()
+    assert record == {
+        "url": str(small_zip), "sha256": expected, "size": info.st_size,
+        "source": {"size": info.st_size, "mtime_ns": info.st_mtime_ns},
+    }
     assert leftovers(tmp_path / "dl") == []
 
 
@@ -236,7 +249,7 @@ def test_http_download_of_shared_dataset_is_verified_extracted_and_reused(tmp_pa
     got = download(source, tmp_path / "dl", **FAST)
     assert got.sha256 == DATASET_SHA256 and got.size == zip_path.stat().st_size
     record = json.loads((tmp_path / "dl" / "cats_and_dogs_3k.zip.json").read_text())
-    assert record == {"url": url, "sha256": DATASET_SHA256, "size": zip_path.stat().st_size}
+    assert record == {"url": url, "sha256": DATASET_SHA256, "size": zip_path.stat().st_size, "source": None}
     assert leftovers(tmp_path / "dl") == []
 
     extract_archive(got.path, tmp_path / "images", max_bytes=4 * 1024**3, max_files=200_000)
@@ -598,3 +611,15 @@ def test_cli_fetch_error_is_one_line_with_exit_code_1(tmp_path, server):
     assert len(lines) == 1 and lines[0].startswith("error: HTTP 404"), result.stderr
     assert "gone.zip" in lines[0] and "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "images").exists() and not (tmp_path / "w.h5").exists()
+
+
+def test_chained_tar_links_inside_the_target_cannot_redirect_a_write_outside(tmp_path):
+    # Each link alone stays inside, but together a/l resolves to the target's parent.
+    entries = [
+        (tar_entry("a", tarfile.SYMTYPE, "."), None),
+        (tar_entry("a/l", tarfile.SYMTYPE, ".."), None),
+        (tar_entry("a/l/escaped.txt"), b"evil"),
+    ]
+    archive = write(tmp_path / "work" / "chain.tar", tar_bytes(entries))
+    assert_rejected(archive, tmp_path / "work" / "images", "archive rejected: link entry")
+    assert not (tmp_path / "work" / "escaped.txt").exists()

@@ -259,6 +259,29 @@ def test_resume_after_a_kill_gives_the_same_csv_as_an_uninterrupted_run(tiny_bun
     assert len(read_rows(out)) == 1501
 
 
+def test_interrupted_progress_is_not_discarded_without_resume_or_overwrite(tiny_bundle, tmp_path):
+    make_image(tmp_path / "in" / "a.jpg")
+    out = tmp_path / "labels.csv"
+    (tmp_path / "labels.csv.partial").write_text("path,label,p_dog,status,error\n")
+    (tmp_path / "labels.csv.progress.json").write_text("{}")
+    result = catdog("predict-folder", tmp_path / "in", "--model", tiny_bundle, "--out", out, check=False)
+    assert result.returncode == 1 and "--resume to continue it or --overwrite" in result.stderr
+    assert (tmp_path / "labels.csv.progress.json").read_text() == "{}"
+    catdog("predict-folder", tmp_path / "in", "--model", tiny_bundle, "--out", out, "--overwrite")
+    assert not (tmp_path / "labels.csv.progress.json").exists()
+
+
+def test_shards_writing_into_the_folder_ignore_each_others_working_files(tiny_bundle, tmp_path):
+    folder = tmp_path / "photos"
+    for i in range(6):
+        make_image(folder / f"{i}.jpg", seed=i)
+    (folder / "labels-1.csv.partial").write_text("in progress")
+    (folder / "labels-1.csv.progress.json").write_text("{}")
+    (folder / ".labels-1.csv.progress.json.abc.tmp").write_text("{}")
+    catdog("predict-folder", folder, "--model", tiny_bundle, "--out", folder / "labels-0.csv", "--shard", "0/1")
+    assert [r["path"] for r in read_rows(folder / "labels-0.csv")] == [f"{i}.jpg" for i in range(6)]
+
+
 def test_resume_refuses_progress_from_a_different_run(tiny_bundle, tmp_path):
     make_image(tmp_path / "in" / "a.jpg")
     out = tmp_path / "labels.csv"
