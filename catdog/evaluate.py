@@ -31,7 +31,7 @@ def evaluate(
     rows = read_manifest(test_csv)
     entries = [Entry(path, images / path) for path, _ in rows]
     p_dog = []
-    for batch in score_files(entries, predictor, batch_size, max_pixels=predictor.meta.max_pixels):
+    for batch in score_files(entries, predictor, batch_size):
         for entry, p, reason in batch:
             if reason is not None:
                 raise CatdogError(f"{entry.path}: {reason}")

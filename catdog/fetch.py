@@ -251,14 +251,12 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_files: int) -
     tmp = temp_dir_beside(dest, ".extract")
     try:
         extractor(archive, tmp, max_bytes, max_files)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        # An OSError with an errno is the disk's fault (full, read-only), not the archive's.
+        if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, (gzip.BadGzipFile, lzma.LZMAError)):
+            raise CatdogError(f"cannot extract {archive.name} into {dest.parent}: {exc.strerror}") from None
         raise CatdogError(f"archive rejected: {archive.name} is corrupt or truncated ({' '.join(str(exc).split())})") from None
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, (gzip.BadGzipFile, lzma.LZMAError)) or exc.errno is None:
-            raise CatdogError(f"archive rejected: {archive.name} is corrupt or truncated ({' '.join(str(exc).split())})") from None
-        raise CatdogError(f"cannot extract {archive.name} into {dest.parent}: {exc.strerror}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,7 +25,7 @@ import numpy as np
 
 from catdog.errors import CatdogError
 from catdog.fsutil import write_json
-from catdog.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from catdog.images import ImageError, load_image
 from catdog.progress import progress_bar
 from catdog.runtime import Predictor
 
@@ -120,13 +120,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def score_files(
     entries: list[Entry], predictor: Predictor, batch_size: int, workers: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
 ) -> Iterator[list[tuple[Entry, float | None, str | None]]]:
     """Yield batches of (entry, p_dog, None) or (entry, None, reason), in order.
 
     Decoding runs on a thread pool (Pillow releases the GIL) up to two batches ahead of the model.
+    `max_pixels` defaults to the limit the model was trained with (meta.json).
     """
     size = predictor.meta.image_size
+    max_pixels = predictor.meta.max_pixels if max_pixels is None else max_pixels
 
     def decode(entry: Entry) -> np.ndarray | str:
         if entry.problem:
@@ -232,7 +234,6 @@ def predict_folder(
     if progress.exists() and not (resume or overwrite):
         raise CatdogError(f"an interrupted run left its progress in {progress}; pass --resume to continue it or --overwrite to start over")
     key = _job_key(root, model_path, threshold, shard, recursive)
-    max_pixels = predictor.meta.max_pixels if max_pixels is None else max_pixels
 
     entries = [e for e in scan_folder(root, recursive, exclude=(out,)) if not _in_flight(e.path, out.parent)]
     k, n = shard
