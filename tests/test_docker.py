@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -293,14 +294,16 @@ def test_code_change_rebuilds_from_cached_dependencies(images, context, tmp_path
     """Editing catdog/ rebuilds in seconds: the dependency layer comes from the cache."""
     changed = tmp_path / "context"
     shutil.copytree(context, changed, ignore=shutil.ignore_patterns("data", ".dvc", ".git", "tests"))
+    # A mark unique to this run: an edit repeated from an earlier run would hit that run's build cache.
+    mark = uuid.uuid4().hex
     init = changed / "catdog" / "__init__.py"
-    init.write_text(init.read_text() + '\nBUILD_MARK = "rebuilt"\n')
+    init.write_text(init.read_text() + f'\nBUILD_MARK = "{mark}"\n')
     started = time.perf_counter()
     log = build(changed, f"{IMAGE}:rebuilt", "MODEL_DIR=models").stdout
     seconds = time.perf_counter() - started
     print(f"\nrebuild after a code change: {seconds:.0f}s")
     assert "Using cache" in step_output(log, "pip install -r /tmp/requirements.txt")
     assert "Using cache" not in step_output(log, "pip wheel")
-    mark = docker("run", "--rm", "--entrypoint", "python", f"{IMAGE}:rebuilt", "-c", "import catdog; print(catdog.BUILD_MARK)")
-    assert mark.stdout.strip() == "rebuilt"
+    built = docker("run", "--rm", "--entrypoint", "python", f"{IMAGE}:rebuilt", "-c", "import catdog; print(catdog.BUILD_MARK)")
+    assert built.stdout.strip() == mark
     docker("image", "rm", f"{IMAGE}:rebuilt")
