@@ -31,6 +31,18 @@ def _augment(image, seeds, size: int):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
+def _mixup(images, labels, seeds, alpha: float):
+    """Blend each image and label with the batch's mirror-order partner, weight ~ Beta(alpha, alpha)."""
+    n = tf.shape(images)[0]
+    a = tf.random.stateless_gamma([n], seed=seeds[0], alpha=alpha)
+    b = tf.random.stateless_gamma([n], seed=seeds[1], alpha=alpha)
+    weight = a / (a + b)
+    partner = tf.reverse(tf.range(n), [0])
+    w = tf.reshape(weight, [-1, 1, 1, 1])
+    images = w * images + (1 - w) * tf.gather(images, partner)
+    return images, weight * labels + (1 - weight) * tf.gather(labels, partner)
+
+
 def make_dataset(
     paths: list[Path | str],
     labels: list[int],
@@ -39,8 +51,12 @@ def make_dataset(
     seed: int | None = None,
     augment: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    mixup: float = 0.0,
 ):
-    """Batches of (float32 0-255 RGB images, float32 labels). `seed` turns on shuffling each epoch."""
+    """Batches of (float32 0-255 RGB images, float32 labels). `seed` turns on shuffling each epoch.
+
+    `mixup` > 0 blends pairs of images within each batch (soft labels), a regulariser for training only.
+    """
 
     def decode(path: bytes) -> np.ndarray:
         name = path.decode("utf-8")
@@ -68,4 +84,14 @@ def make_dataset(
         )
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if mixup > 0:
+        if seed is None:
+            raise ValueError("mixup needs a seed")
+        keys = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True).batch(4)
+        ds = tf.data.Dataset.zip((ds, keys)).map(
+            lambda xy, k: _mixup(xy[0], xy[1], tf.reshape(k, (2, 2)), mixup),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+    return ds.prefetch(AUTOTUNE)

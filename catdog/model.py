@@ -89,10 +89,26 @@ def build_model(params: TrainParams, image_size: int, weights: Path | None) -> k
 
 
 def optimizer(params: TrainParams, learning_rate) -> keras.optimizers.Optimizer:
-    """The model's optimizer; `learning_rate` is a float or a Keras schedule."""
-    if params.model == "seed_cnn":
-        return keras.optimizers.RMSprop(learning_rate=learning_rate)
-    return keras.optimizers.Adam(learning_rate=learning_rate)
+    """The model's optimizer; `learning_rate` is a float or a Keras schedule.
+
+    `params.weight_decay` is decoupled (AdamW-style: kernel -= weight_decay * learning_rate * kernel) and
+    spares batch-norm scales and offsets and biases.
+    """
+    kind = keras.optimizers.RMSprop if params.model == "seed_cnn" else keras.optimizers.Adam
+    opt = kind(learning_rate=learning_rate, weight_decay=params.weight_decay or None)
+    if params.weight_decay:
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return opt
+
+
+@keras.saving.register_keras_serializable(package="catdog")
+def hard_label_accuracy(y_true, y_pred):
+    """Binary accuracy against the rounded label, so mixed-up (soft) training labels count as their majority class."""
+    return keras.metrics.binary_accuracy(keras.ops.round(y_true), y_pred)
+
+
+def accuracy_metric() -> keras.metrics.Metric:
+    return keras.metrics.MeanMetricWrapper(hard_label_accuracy, name="accuracy")
 
 
 def unfreeze_top_blocks(model: keras.Model, blocks: int) -> int:

@@ -69,6 +69,8 @@ class TrainParams(_Section):
     fine_tune_learning_rate: float = Field(5e-5, gt=0)
     dropout: float = Field(0.2, ge=0, lt=1)
     augment: bool = True
+    mixup: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(3, ge=1)
     threshold: Literal["fixed", "accuracy", "f1"] = "fixed"
     fixed_threshold: float = Field(0.5, gt=0, lt=1)

@@ -23,7 +23,7 @@ from catdog.data import make_dataset
 from catdog.errors import CatdogError
 from catdog.fsutil import replace_dir, temp_dir_beside, write_json
 from catdog.metrics import choose_threshold, classification_metrics
-from catdog.model import build_model, flops_per_image, optimizer, unfreeze_top_blocks
+from catdog.model import accuracy_metric, build_model, flops_per_image, optimizer, unfreeze_top_blocks
 from catdog.params import Params
 from catdog.split import read_manifest
 from catdog.tfsetup import import_tf, seed_everything
@@ -115,7 +115,7 @@ def train(
     if model_dir.exists() and any(model_dir.iterdir()) and not (model_dir / "meta.json").exists():
         raise CatdogError(f"{model_dir} exists and is not a catdog model bundle; refusing to replace it")
     max_pixels = params.split.max_pixels
-    train_ds = make_dataset(train_x, train_y, size, cfg.batch_size, seed=params.base.seed, augment=cfg.augment, max_pixels=max_pixels)
+    train_ds = make_dataset(train_x, train_y, size, cfg.batch_size, seed=params.base.seed, augment=cfg.augment, max_pixels=max_pixels, mixup=cfg.mixup)
     val_ds = make_dataset(val_x, val_y, size, cfg.batch_size, max_pixels=max_pixels)
 
     model = build_model(cfg, size, weights)
@@ -128,7 +128,7 @@ def train(
         rate = learning_rate
         if cfg.lr_schedule == "cosine":  # decays to zero by the last epoch: calmer val loss late in training
             rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps_per_epoch)
-        model.compile(optimizer=optimizer(cfg, rate), loss="binary_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer=optimizer(cfg, rate), loss="binary_crossentropy", metrics=[accuracy_metric()])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
         history = model.fit(
             train_ds, validation_data=val_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch,

@@ -47,7 +47,7 @@ def test_two_runs_with_the_same_params_give_identical_metrics(tmp_path):
     synthetic_dataset(tmp_path / "images", n_train=16, n_val=6)
     write_manifests(tmp_path, 16, 6)
     overrides = tiny_overrides(tmp_path / "unused.zip")
-    overrides["train"].update(epochs=2, augment=True, lr_schedule="cosine")
+    overrides["train"].update(epochs=2, augment=True, lr_schedule="cosine", mixup=0.2, weight_decay=0.05)
     first, bundle = train_and_evaluate(tmp_path, "a", overrides)
     second, bundle_b = train_and_evaluate(tmp_path, "b", overrides)
     assert first == second
