@@ -117,15 +117,21 @@ def predict_folder(
     workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding threads [default: all cores].")] = None,
 ) -> None:
     """Label every file under FOLDER as cat or dog into a CSV; bad files get status 'error' and a reason."""
-    from catdog.predict import parse_shard
+    from catdog.predict import parse_shard, progress_path
     from catdog.predict import predict_folder as run
     from catdog.runtime import load_predictor
 
     shard_k_n = parse_shard(shard)
-    summary = run(
-        folder, load_predictor(model, runtime), model, out, batch_size, threshold, recursive,
-        shard_k_n, resume, overwrite, workers,
-    )
+    try:
+        summary = run(
+            folder, load_predictor(model, runtime), model, out, batch_size, threshold, recursive,
+            shard_k_n, resume, overwrite, workers,
+        )
+    except KeyboardInterrupt:
+        saved = progress_path(out)
+        hint = f"progress kept in {saved}; rerun with --resume to continue" if saved.exists() else "nothing labeled yet"
+        typer.echo(f"interrupted: {hint}", err=True)
+        raise typer.Exit(130) from None
     _say(
         f"labeled {summary.ok + summary.error} files: {summary.ok} ok, {summary.error} error "
         f"in {summary.seconds:.1f}s ({summary.rate:.1f} images/s) -> {summary.out}"
@@ -143,6 +149,4 @@ def main() -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    # Ctrl-C: typer itself exits 130 (predict-folder first says how to resume).

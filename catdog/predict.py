@@ -168,6 +168,11 @@ def _job_key(root: Path, model: Path, threshold: float, shard: tuple[int, int], 
     }
 
 
+def progress_path(out: Path) -> Path:
+    """Where a run writing `out` saves its progress after each batch (removed when the CSV is complete)."""
+    return out.with_name(out.name + ".progress.json")
+
+
 def _load_progress(progress: Path, partial: Path, key: dict) -> tuple[int, str | None]:
     """(bytes to keep of the partial CSV, last path written) from a previous run of the same job."""
     if not progress.exists() or not partial.exists():
@@ -230,7 +235,7 @@ def predict_folder(
         raise CatdogError(f"invalid threshold {threshold}: must be between 0 and 1")
     classes = predictor.meta.classes
     partial = out.with_name(out.name + ".partial")
-    progress = out.with_name(out.name + ".progress.json")
+    progress = progress_path(out)
     if progress.exists() and not (resume or overwrite):
         raise CatdogError(f"an interrupted run left its progress in {progress}; pass --resume to continue it or --overwrite to start over")
     key = _job_key(root, model_path, threshold, shard, recursive)

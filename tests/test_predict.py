@@ -233,7 +233,8 @@ def test_bad_model_or_folder_exits_nonzero_with_one_line(tiny_bundle, tmp_path, 
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_resume_after_a_kill_gives_the_same_csv_as_an_uninterrupted_run(tiny_bundle, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_resume_after_an_interruption_gives_the_same_csv_as_an_uninterrupted_run(tiny_bundle, tmp_path, sig):
     folder = tmp_path / "many"
     for i in range(1500):
         make_image(folder / f"{i // 100:02d}" / f"{i:04d}.jpg", size=(12, 12), color=(i % 256, 90, 255 - i % 256), seed=i)
@@ -241,13 +242,20 @@ def test_resume_after_a_kill_gives_the_same_csv_as_an_uninterrupted_run(tiny_bun
     out = tmp_path / "labels.csv"
     args = [sys.executable, "-m", "catdog", "predict-folder", str(folder), "--model", str(tiny_bundle), "--out", str(out), "--batch-size", "1", "--workers", "1"]
     progress = tmp_path / "labels.csv.progress.json"
-    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Ctrl-C must reach the child even where this test runs with SIGINT ignored (a background job).
+    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not progress.exists() and time.monotonic() < deadline:
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run must be killed mid-way"
+    proc.send_signal(sig)
+    stderr = proc.communicate()[1]
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, "the run must be killed mid-way"
+    else:
+        assert proc.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        assert stderr.rstrip().splitlines()[-1] == f"interrupted: progress kept in {progress}; rerun with --resume to continue"
     assert not out.exists(), "an interrupted run leaves no CSV at --out"
     done_before = json.loads(progress.read_text())["bytes"]
     assert 0 < done_before
