@@ -16,7 +16,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +61,12 @@ def _special(mode: int) -> str | None:
     return f"not a regular file ({kind.get(stat.S_IFMT(mode), 'special file')})"
 
 
-def scan_folder(root: Path, recursive: bool = True, exclude: Iterable[Path] = ()) -> list[Entry]:
+def scan_folder(root: Path, recursive: bool = True, skip: Callable[[str], bool] | None = None) -> list[Entry]:
     """Every file under `root` (hidden ones too), sorted by relative path, without opening any.
 
     Symlinked files are followed; symlinked folders are listed, not entered, so loops cannot hang.
+    `skip(absolute path)` leaves out files (not folders) for which it is true.
     """
-    excluded = {os.path.abspath(p) for p in exclude}
     entries: list[Entry] = []
     stack = [(root, "")]
     while stack:
@@ -81,9 +81,9 @@ def scan_folder(root: Path, recursive: bool = True, exclude: Iterable[Path] = ()
             continue
         for child in children:
             rel = prefix + child.name
-            if os.path.abspath(child.path) in excluded:
-                continue
             try:
+                if skip is not None and not child.is_dir(follow_symlinks=False) and skip(os.path.abspath(child.path)):
+                    continue
                 if child.is_symlink():
                     try:
                         problem = _special(os.stat(child.path).st_mode)
@@ -191,12 +191,20 @@ def _load_progress(progress: Path, partial: Path, key: dict) -> tuple[int, str |
     return saved["bytes"], saved.get("last")
 
 
-def _in_flight(path: Path, out_dir: Path) -> bool:
-    """catdog's own working files beside an --out (this run's, or a parallel shard's): never labelled."""
-    name = path.name
-    return os.path.abspath(path.parent) == os.path.abspath(out_dir) and (
-        name.endswith((".partial", ".progress.json")) or (name.startswith(".") and name.endswith(".tmp"))
-    )
+def own_files(out: Path) -> Callable[[str], bool]:
+    """Whether an absolute path is catdog's own: the CSV at `out`, or a working file beside it (this run's,
+    or a parallel shard's: `*.partial`, `*.progress.json`, hidden `*.tmp`). Those are never labelled."""
+    out_abs = os.path.abspath(out)
+    out_dir = os.path.dirname(out_abs)
+
+    def own(path: str) -> bool:
+        folder, name = os.path.split(path)
+        return path == out_abs or (
+            folder == out_dir
+            and (name.endswith((".partial", ".progress.json")) or (name.startswith(".") and name.endswith(".tmp")))
+        )
+
+    return own
 
 
 def _count_statuses(partial: Path) -> tuple[int, int]:
@@ -240,7 +248,7 @@ def predict_folder(
         raise CatdogError(f"an interrupted run left its progress in {progress}; pass --resume to continue it or --overwrite to start over")
     key = _job_key(root, model_path, threshold, shard, recursive)
 
-    entries = [e for e in scan_folder(root, recursive, exclude=(out,)) if not _in_flight(e.path, out.parent)]
+    entries = scan_folder(root, recursive, skip=own_files(out))
     k, n = shard
     if n > 1:
         entries = [e for e in entries if shard_of(e.rel, n) == k]
