@@ -132,8 +132,10 @@ def predict_folder(
         hint = f"progress kept in {saved}; rerun with --resume to continue" if saved.exists() else "nothing labeled yet"
         typer.echo(f"interrupted: {hint}", err=True)
         raise typer.Exit(130) from None
+    total = summary.ok + summary.error
+    earlier = f" ({total - summary.labeled_now} of them by the interrupted run)" if total > summary.labeled_now else ""
     _say(
-        f"labeled {summary.ok + summary.error} files: {summary.ok} ok, {summary.error} error "
+        f"labeled {total} files{earlier}: {summary.ok} ok, {summary.error} error "
         f"in {summary.seconds:.1f}s ({summary.rate:.1f} images/s) -> {summary.out}"
     )
 

@@ -1,13 +1,14 @@
 """Fetching the dataset archive and the backbone weights: download, verify, extract safely.
 
 Sources are http(s) URLs, file:// URLs or local paths. Downloads go to a `.part` file (resumed with
-HTTP Range after a dropped connection), are checked against the expected sha256, and only then
-renamed into the download folder, with a small JSON record of sha256 and size beside them.
+HTTP Range and If-Range after a dropped connection), are checked against the expected sha256, and only
+then renamed into the download folder, with a small JSON record of sha256 and size beside them.
 Extraction rejects unsafe entries, bounds size and entry count, and swaps the new tree in whole.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.client
@@ -35,6 +36,15 @@ from catdog.progress import progress_bar
 
 CHUNK = 1 << 20
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+if hasattr(zipfile, "ZIP_ZSTANDARD"):  # Python >= 3.14
+    ZIP_METHODS.add(zipfile.ZIP_ZSTANDARD)
+# Errors that, while extracting into a fresh folder, mean two entries claim the same path.
+CONFLICT_ERRNOS = (errno.EEXIST, errno.EISDIR, errno.ENOTDIR)
+
+
+class CorruptArchive(CatdogError):
+    """The archive file itself is damaged, cut short or not an archive: fetching it again may help."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,11 @@ def _local_path(url: str) -> Path | None:
 
 def file_name(url: str) -> str:
     """The file name a source URL or path names (its last path component)."""
-    name = PurePosixPath(urllib.parse.urlparse(url).path).name
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme in ("http", "https", "file"):
+        name = PurePosixPath(parsed.path).name
+    else:  # a local path (a drive letter parses as a scheme): '#' and '?' are part of its name
+        name = Path(url).name
     if not name:
         raise CatdogError(f"source {url!r} does not name a file")
     return name
@@ -86,14 +100,46 @@ def _copy_local(src: Path, part: Path) -> None:
         raise CatdogError(f"source not readable: {src}") from None
 
 
+def _resume_state(part: Path) -> Path:
+    """Where the validators of the response that started `part` are kept."""
+    return part.with_name(f"{part.name}.json")
+
+
+def _if_range(url: str, state: Path) -> str | None:
+    """The If-Range value saved when the partial download of `url` began; None if it cannot be resumed safely."""
+    try:
+        saved = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("url") != url:
+        return None
+    etag, modified = saved.get("etag"), saved.get("last_modified")
+    if isinstance(etag, str) and etag and not etag.startswith("W/"):  # If-Range takes only a strong ETag
+        return etag
+    return modified if isinstance(modified, str) and modified else None
+
+
+def _save_resume_state(state: Path, url: str, headers: http.client.HTTPMessage) -> None:
+    etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+    if etag or modified:
+        write_json(state, {"url": url, "etag": etag, "last_modified": modified})
+    else:
+        state.unlink(missing_ok=True)
+
+
 def _http_download(url: str, part: Path, timeout_s: float, retries: int, backoff_s: float) -> None:
     host = urllib.parse.urlparse(url).netloc
+    state = _resume_state(part)
     attempt = 0
     while True:
         have = part.stat().st_size if part.exists() else 0
         headers = {"User-Agent": f"catdog/{__version__}"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
+        validator = _if_range(url, state) if have else None
+        if validator is None:
+            have = 0  # without a validator the server's file may have changed since: resuming could splice two versions
+        else:
+            # A server whose file changed answers If-Range with the whole new file (200), not a range of it.
+            headers["Range"], headers["If-Range"] = f"bytes={have}-", validator
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as resp:
                 resumed = have > 0 and resp.status == 206
@@ -107,6 +153,8 @@ def _http_download(url: str, part: Path, timeout_s: float, retries: int, backoff
                 with open(part, "ab" if resumed else "wb") as fh, progress_bar(
                     f"download {part.name.removesuffix('.part')}", total, "bytes"
                 ) as advance:
+                    if not resumed:  # saved only once the old partial is emptied, so it never describes other bytes
+                        _save_resume_state(state, url, resp.headers)
                     advance(have)
                     while chunk := resp.read(CHUNK):
                         fh.write(chunk)
@@ -165,6 +213,7 @@ def download(source: Source, downloads: Path, timeout_s: float = 30.0, retries: 
         _copy_local(local, part)
     else:
         _http_download(source.url, part, timeout_s, retries, backoff_s)
+    _resume_state(part).unlink(missing_ok=True)
 
     actual = sha256_of(part)
     if expected and actual != expected:
@@ -192,6 +241,11 @@ def _check_bounds(count: int, total: int, max_files: int, max_bytes: int) -> Non
         raise CatdogError(f"archive rejected: {total} uncompressed bytes exceed the limit of {max_bytes}")
 
 
+def _check_not_empty(archive: Path, files: int) -> None:
+    if files == 0:
+        raise CatdogError(f"archive rejected: {archive.name} contains no files")
+
+
 def _extract_zip(archive: Path, target: Path, max_bytes: int, max_files: int) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
@@ -200,7 +254,14 @@ def _extract_zip(archive: Path, target: Path, max_bytes: int, max_files: int) ->
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise CatdogError(f"archive rejected: link entry {info.filename!r}")
+            if info.flag_bits & 0x1:
+                raise CatdogError(f"archive rejected: {archive.name}: encrypted entries are not supported ({info.filename!r})")
+            if info.compress_type not in ZIP_METHODS:
+                raise CatdogError(
+                    f"archive rejected: {archive.name}: unsupported compression method {info.compress_type} ({info.filename!r})"
+                )
         _check_bounds(len(infos), sum(i.file_size for i in infos), max_files, max_bytes)
+        _check_not_empty(archive, sum(not i.is_dir() for i in infos))
         written = 0
         for info in infos:
             dest = target / _safe_member(info.filename)
@@ -227,36 +288,59 @@ def _check_tar_member(member: tarfile.TarInfo) -> None:
 
 
 def _extract_tar(archive: Path, target: Path, max_bytes: int, max_files: int) -> None:
-    with tarfile.open(archive) as tf:
+    with open(archive, "rb") as raw, tarfile.open(fileobj=raw) as tf:
         members = tf.getmembers()
+        # tarfile takes a plain tar cut off at (or inside) a header for a complete one; a compressed
+        # tar cut short fails in its decompressor instead, so only a plain one needs this check.
+        if tf.fileobj is raw:
+            raw.seek(tf.offset)
+            if raw.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+                raise tarfile.ReadError(f"no end-of-archive marker after {len(members)} entries")
         for member in members:
             _check_tar_member(member)
         _check_bounds(len(members), sum(m.size for m in members), max_files, max_bytes)
+        _check_not_empty(archive, sum(m.isfile() for m in members))
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: the standard library's checks as well
             tf.extractall(target, filter="data")
         else:
             tf.extractall(target)
 
 
+def _entry_name(filename: object, tmp: Path) -> str:
+    """An error's path as the archive names it, relative to the extraction folder."""
+    try:
+        return Path(os.fsdecode(filename)).relative_to(tmp).as_posix()
+    except (TypeError, ValueError):
+        return str(filename)
+
+
 def extract_archive(archive: Path, dest: Path, max_bytes: int, max_files: int) -> None:
     """Extract a .zip or .tar(.gz/.bz2/.xz) into `dest`, replacing it only when extraction succeeded."""
     with open(archive, "rb") as fh:
         magic = fh.read(4)
-    if zipfile.is_zipfile(archive) or magic in ZIP_MAGIC:  # a zip cut short has lost its central directory
+    # By leading bytes first: is_zipfile looks for an end record near the end, which a tar whose
+    # last member is a zip also has. A zip cut short has lost that record but keeps its magic.
+    if magic in ZIP_MAGIC:
         extractor = _extract_zip
     elif tarfile.is_tarfile(archive):
         extractor = _extract_tar
+    elif zipfile.is_zipfile(archive):  # a zip behind a prefix, such as a self-extracting stub
+        extractor = _extract_zip
     else:
-        raise CatdogError(f"{archive.name} is not a zip or tar archive")
+        raise CorruptArchive(f"{archive.name} is not a zip or tar archive")
     tmp = temp_dir_beside(dest, ".extract")
     try:
         extractor(archive, tmp, max_bytes, max_files)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        # An OSError with an errno is the disk's fault (full, read-only), not the archive's.
+        if isinstance(exc, OSError) and exc.errno in CONFLICT_ERRNOS:
+            raise CatdogError(
+                f"archive rejected: {archive.name} has conflicting entries ({exc.strerror}: {_entry_name(exc.filename, tmp)})"
+            ) from None
+        # Any other OSError with an errno is the disk's fault (full, read-only), not the archive's.
         if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, (gzip.BadGzipFile, lzma.LZMAError)):
             raise CatdogError(f"cannot extract {archive.name} into {dest.parent}: {exc.strerror}") from None
-        raise CatdogError(f"archive rejected: {archive.name} is corrupt or truncated ({' '.join(str(exc).split())})") from None
+        raise CorruptArchive(f"archive rejected: {archive.name} is corrupt or truncated ({' '.join(str(exc).split())})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -268,7 +352,13 @@ def fetch(params: FetchParams, dataset_out: Path, weights_out: Path, downloads: 
     options = {"timeout_s": params.timeout_s, "retries": params.retries}
     dataset = download(params.dataset, downloads, **options)
     weights = download(params.weights, downloads, **options)
-    extract_archive(dataset.path, dataset_out, params.max_bytes, params.max_files)
+    try:
+        extract_archive(dataset.path, dataset_out, params.max_bytes, params.max_files)
+    except CorruptArchive:
+        # Otherwise every rerun would reuse the bad cached copy: drop it so the next run fetches it again.
+        (downloads / f"{dataset.path.name}.json").unlink(missing_ok=True)
+        dataset.path.unlink(missing_ok=True)
+        raise
     with atomic_path(weights_out) as tmp:
         shutil.copyfile(weights.path, tmp)
     return dataset, weights

@@ -36,7 +36,7 @@ class Source(_Section):
 class FetchParams(_Section):
     dataset: Source
     weights: Source
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, le=3600)
     retries: int = Field(4, ge=0)
     max_bytes: int = Field(4 * 1024**3, gt=0)
     max_files: int = Field(200_000, gt=0)
@@ -49,6 +49,15 @@ class SplitParams(_Section):
         default_factory=lambda: {"cat": "cat", "cats": "cat", "dog": "dog", "dogs": "dog"}
     )
     max_pixels: int = Field(50_000_000, gt=0)
+
+    @field_validator("class_map")
+    @classmethod
+    def _one_class_per_folder_name(cls, value: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for name, label in value.items():
+            if seen.setdefault(name.casefold(), label) != label:
+                raise ValueError(f"folder names are matched case-insensitively, and {name!r} is mapped to both cat and dog")
+        return value
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> SplitParams:

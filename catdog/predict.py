@@ -30,7 +30,7 @@ from catdog.progress import progress_bar
 from catdog.runtime import Predictor
 
 COLUMNS = ("path", "label", "p_dog", "status", "error")
-PROGRESS_VERSION = 1
+PROGRESS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,14 @@ class Entry:
 @dataclass(frozen=True)
 class Summary:
     out: Path
-    ok: int
+    ok: int  # rows in the CSV, an earlier interrupted run's included
     error: int
     seconds: float
+    labeled_now: int  # files this run labeled (fewer than ok + error after --resume)
 
     @property
     def rate(self) -> float:
-        return (self.ok + self.error) / self.seconds if self.seconds > 0 else 0.0
+        return self.labeled_now / self.seconds if self.seconds > 0 else 0.0
 
 
 def _special(mode: int) -> str | None:
@@ -65,8 +66,10 @@ def scan_folder(root: Path, recursive: bool = True, skip: Callable[[str], bool] 
     """Every file under `root` (hidden ones too), sorted by relative path, without opening any.
 
     Symlinked files are followed; symlinked folders are listed, not entered, so loops cannot hang.
-    `skip(absolute path)` leaves out files (not folders) for which it is true.
+    `skip(path)` leaves out files (not folders) for which it is true; it gets the path with `root` resolved
+    (symlinks followed), so a folder reached through a link still recognises its own files.
     """
+    real_root = os.path.realpath(root)
     entries: list[Entry] = []
     stack = [(root, "")]
     while stack:
@@ -82,7 +85,7 @@ def scan_folder(root: Path, recursive: bool = True, skip: Callable[[str], bool] 
         for child in children:
             rel = prefix + child.name
             try:
-                if skip is not None and not child.is_dir(follow_symlinks=False) and skip(os.path.abspath(child.path)):
+                if skip is not None and not child.is_dir(follow_symlinks=False) and skip(os.path.join(real_root, rel)):
                     continue
                 if child.is_symlink():
                     try:
@@ -141,12 +144,16 @@ def score_files(
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         pending: deque[tuple[list[Entry], list[Future]]] = deque()
         batches = (entries[i : i + batch_size] for i in range(0, len(entries), batch_size))
-        for batch in batches:
-            pending.append((batch, [pool.submit(decode, e) for e in batch]))
-            if len(pending) > 2:
+        try:
+            for batch in batches:
+                pending.append((batch, [pool.submit(decode, e) for e in batch]))
+                if len(pending) > 2:
+                    yield _run(*pending.popleft(), predictor)
+            while pending:
                 yield _run(*pending.popleft(), predictor)
-        while pending:
-            yield _run(*pending.popleft(), predictor)
+        except BaseException:  # Ctrl-C or an abandoned generator: drop the queued decodes, don't finish them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _run(batch: list[Entry], futures: list[Future], predictor: Predictor) -> list[tuple[Entry, float | None, str | None]]:
@@ -168,12 +175,20 @@ def _job_key(root: Path, model: Path, threshold: float, shard: tuple[int, int], 
     }
 
 
+def _files_digest(entries: list[Entry]) -> str:
+    """A digest of the relative paths to label: resuming is only exact when they have not changed."""
+    digest = hashlib.blake2b(digest_size=16)
+    for entry in entries:
+        digest.update(entry.rel.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
+
+
 def progress_path(out: Path) -> Path:
     """Where a run writing `out` saves its progress after each batch (removed when the CSV is complete)."""
     return out.with_name(out.name + ".progress.json")
 
 
-def _load_progress(progress: Path, partial: Path, key: dict) -> tuple[int, str | None]:
+def _load_progress(progress: Path, partial: Path, key: dict, files: str) -> tuple[int, str | None]:
     """(bytes to keep of the partial CSV, last path written) from a previous run of the same job."""
     if not progress.exists() or not partial.exists():
         return 0, None
@@ -186,23 +201,27 @@ def _load_progress(progress: Path, partial: Path, key: dict) -> tuple[int, str |
             f"cannot resume: {progress} belongs to a different run (folder, model, threshold, shard or recursion differ); "
             "rerun without --resume"
         )
+    if saved.get("files") != files:
+        raise CatdogError(
+            "cannot resume: files were added, removed or renamed under the folder since the interrupted run; "
+            "rerun with --overwrite to start over"
+        )
     if not isinstance(saved.get("bytes"), int) or partial.stat().st_size < saved["bytes"]:
         raise CatdogError(f"cannot resume: {partial} does not match its saved progress; rerun without --resume")
     return saved["bytes"], saved.get("last")
 
 
 def own_files(out: Path) -> Callable[[str], bool]:
-    """Whether an absolute path is catdog's own: the CSV at `out`, or a working file beside it (this run's,
-    or a parallel shard's: `*.partial`, `*.progress.json`, hidden `*.tmp`). Those are never labelled."""
-    out_abs = os.path.abspath(out)
-    out_dir = os.path.dirname(out_abs)
+    """Whether a (resolved) path is this run's own: the CSV at `out`, its `.partial` and `.progress.json`,
+    or a hidden temporary file of their atomic writes. Those are never labelled; every other file is."""
+    folder = os.path.realpath(out.parent)
+    progress = progress_path(out).name
+    exact = {os.path.join(folder, name) for name in (out.name, f"{out.name}.partial", progress)}
+    temp_prefixes = (f".{out.name}.", f".{progress}.")
 
     def own(path: str) -> bool:
-        folder, name = os.path.split(path)
-        return path == out_abs or (
-            folder == out_dir
-            and (name.endswith((".partial", ".progress.json")) or (name.startswith(".") and name.endswith(".tmp")))
-        )
+        parent, name = os.path.split(path)
+        return path in exact or (parent == folder and name.startswith(temp_prefixes) and name.endswith(".tmp"))
 
     return own
 
@@ -252,7 +271,8 @@ def predict_folder(
     k, n = shard
     if n > 1:
         entries = [e for e in entries if shard_of(e.rel, n) == k]
-    keep, last = _load_progress(progress, partial, key) if resume else (0, None)
+    files = _files_digest(entries)
+    keep, last = _load_progress(progress, partial, key, files) if resume else (0, None)
     if last is not None:
         entries = [e for e in entries if e.rel > last]
 
@@ -262,7 +282,9 @@ def predict_folder(
         os.truncate(partial, keep)
         ok, error = _count_statuses(partial)
     with open(partial, "a" if keep else "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
+        # CRLF (RFC 4180), not "\n": Python < 3.12 quotes only the line terminator's characters, so a file
+        # name holding a bare "\r" would otherwise break the row.
+        writer = csv.writer(fh, lineterminator="\r\n")
         if not keep:
             writer.writerow(COLUMNS)
         with progress_bar(f"label {root}", len(entries)) as advance:
@@ -276,8 +298,8 @@ def predict_folder(
                         error += 1
                 fh.flush()
                 os.fsync(fh.fileno())
-                write_json(progress, {"version": PROGRESS_VERSION, "key": key, "bytes": fh.tell(), "last": batch[-1][0].rel})
+                write_json(progress, {"version": PROGRESS_VERSION, "key": key, "files": files, "bytes": fh.tell(), "last": batch[-1][0].rel})
                 advance(len(batch))
     os.replace(partial, out)
     progress.unlink(missing_ok=True)
-    return Summary(out, ok, error, time.perf_counter() - started)
+    return Summary(out, ok, error, time.perf_counter() - started, len(entries))

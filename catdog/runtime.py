@@ -40,8 +40,12 @@ class ModelMeta:
             raise CatdogError(f"model metadata not found: {path} (expected beside the model)") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CatdogError(f"invalid model metadata {path}: {' '.join(str(exc).split())}") from None
-        if len(meta.classes) != 2 or not 0 < meta.threshold < 1 or meta.image_size < 1:
-            raise CatdogError(f"invalid model metadata {path}: needs 2 classes, 0 < threshold < 1 and image_size >= 1")
+        names_ok = isinstance(raw["classes"], list) and all(isinstance(c, str) and c for c in meta.classes)
+        if not names_ok or len(set(meta.classes)) != 2 or not 0 < meta.threshold < 1 or meta.image_size < 1 or meta.max_pixels < 1:
+            raise CatdogError(
+                f"invalid model metadata {path}: needs a list of 2 distinct class names, 0 < threshold < 1, "
+                "image_size >= 1 and max_pixels >= 1"
+            )
         return meta
 
 

@@ -80,6 +80,16 @@ def find_candidates(root: Path, class_map: dict[str, str]) -> tuple[list[Candida
     return candidates, unlabeled
 
 
+def _name_problem(path: str) -> str | None:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (rename it)"
+    if "\n" in path or "\r" in path:
+        return "file name contains a line break (rename it)"
+    return None
+
+
 def _stratified_take(items: list[Candidate], fraction: float, rng: random.Random) -> tuple[list[Candidate], list[Candidate]]:
     """Split off `fraction` of each class (seeded); return (taken, rest)."""
     taken, rest = [], []
@@ -100,6 +110,14 @@ def split_dataset(root: Path, params: SplitParams, seed: int, workers: int | Non
     if not candidates:
         raise CatdogError(f"no images under class folders ({', '.join(sorted(params.class_map))}) in {root}")
 
+    # A manifest must hold each name exactly, one line per row.
+    bad_names = [
+        {"path": os.fsencode(c.path).decode("utf-8", "backslashreplace"), "reason": reason}
+        for c in candidates
+        if (reason := _name_problem(c.path))
+    ]
+    candidates = [c for c in candidates if not _name_problem(c.path)]
+
     check = partial(inspect_file, max_pixels=params.max_pixels)
     paths = [root / c.path for c in candidates]
     workers = workers or os.cpu_count() or 1
@@ -109,7 +127,7 @@ def split_dataset(root: Path, params: SplitParams, seed: int, workers: int | Non
             results.append(result)
             advance(1)
 
-    result = SplitResult(manifests={})
+    result = SplitResult(manifests={}, rejected=bad_names)
     by_hash: dict[str, list[Candidate]] = defaultdict(list)
     for candidate, (digest, reason) in zip(candidates, results):
         if reason is not None:
@@ -130,6 +148,12 @@ def split_dataset(root: Path, params: SplitParams, seed: int, workers: int | Non
     result.rejected.sort(key=lambda r: r["path"])
     result.duplicates.sort(key=lambda r: r["path"])
 
+    for label in ("cat", "dog"):
+        if not any(c.label == label for c in kept):
+            raise CatdogError(
+                f"no usable {label} images under {root}: a classifier needs both classes "
+                f"(check split.class_map: {', '.join(k for k, v in params.class_map.items() if v == label) or 'none'} -> {label})"
+            )
     rng = random.Random(seed)
     held_out = [c for c in kept if c.held_out]
     pool_ = [c for c in kept if not c.held_out]

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import tarfile
 import threading
 import time
@@ -104,7 +105,17 @@ class Route:
     fail_first: int = 0  # answer this many requests with 503 before serving
     hang: bool = False  # accept, then never answer (until the test ends)
     wrong_range: bool = False  # answer a Range request with 206 but the whole body (Content-Range from byte 0)
+    etag: str | None = "auto"  # "auto": a strong ETag derived from the body; None: no ETag header
+    last_modified: str | None = None  # sent as Last-Modified when set
     hits: int = 0
+
+    def validators(self) -> tuple[str | None, str | None]:
+        etag = self.etag
+        if etag == "auto":
+            body = self.body
+            digest = f"{body.stat().st_size}-{body.stat().st_mtime_ns}" if isinstance(body, Path) else sha256(body)[:16]
+            etag = f'"{digest}"'
+        return etag, self.last_modified
 
 
 @dataclass
@@ -145,6 +156,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         size = route.body.stat().st_size if isinstance(route.body, Path) else len(route.body)
         start, header = 0, self.headers.get("Range", "")
+        etag, last_modified = route.validators()
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range not in (etag, last_modified):
+            header = ""  # the file changed since the client's copy began: send all of it
         if route.ranges and header.startswith("bytes=") and header.endswith("-"):
             start = 0 if route.wrong_range else int(header[len("bytes="):-1])
             if start >= size:
@@ -157,6 +172,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         else:
             self.send_response(200)
+        for name, value in (("ETag", etag), ("Last-Modified", last_modified)):
+            if value is not None:
+                self.send_header(name, value)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size - start))
         self.end_headers()
@@ -233,6 +251,14 @@ def test_file_url_is_copied_and_sha256_recorded_without_a_pin(tmp_path, small_zi
     assert got.path.read_bytes() == small_zip.read_bytes()
     record = json.loads((tmp_path / "dl" / "pets.zip.json").read_text())
     assert record["sha256"] == sha256(small_zip.read_bytes()) and record["size"] == small_zip.stat().st_size
+
+
+@pytest.mark.parametrize("name", ["set#1.zip", "set?1.zip"])
+def test_local_path_with_hash_or_question_mark_keeps_its_whole_name(tmp_path, small_zip, name):
+    source = write(tmp_path / "src" / name, small_zip.read_bytes())
+    got = download(Source(url=str(source)), tmp_path / "dl")
+    assert got.path == tmp_path / "dl" / name and got.path.read_bytes() == small_zip.read_bytes()
+    assert (tmp_path / "dl" / f"{name}.json").exists()
 
 
 def test_missing_local_source_is_a_clear_error(tmp_path):
@@ -388,20 +414,57 @@ def test_dropped_connection_without_retries_is_an_error_and_moves_nothing(tmp_pa
     assert not (tmp_path / "dl" / "big.bin").exists() and not (tmp_path / "dl" / "big.bin.json").exists()
 
 
-def test_partial_file_from_an_earlier_run_is_resumed(tmp_path, server, payload):
-    url = server.serve("big.bin", body=payload)
-    write(tmp_path / "dl" / "big.bin.part", payload[:MB])
+def interrupted_download(server: Server, dl: Path, name: str, body: bytes, drop_at: int = MB, **route) -> str:
+    """A first run whose connection drops after `drop_at` bytes: it leaves `<name>.part` behind. Returns the URL."""
+    url = server.serve(name, body=body, drop_at=drop_at, **route)
+    with pytest.raises(CatdogError, match="failed after 1 attempt"):
+        download(Source(url=url), dl, **FAST)
+    assert (dl / f"{Path(name).name}.part").stat().st_size == drop_at
+    return url
+
+
+@pytest.mark.parametrize(
+    "validator",
+    [pytest.param({}, id="etag"), pytest.param({"etag": None, "last_modified": "Tue, 01 Oct 2024 10:00:00 GMT"}, id="last-modified")],
+)
+def test_partial_file_from_an_earlier_run_is_resumed_if_unchanged(tmp_path, server, payload, validator):
+    url = interrupted_download(server, tmp_path / "dl", "big.bin", payload, **validator)
     got = download(Source(url=url, sha256=sha256(payload)), tmp_path / "dl", **FAST)
     assert got.path.read_bytes() == payload
-    assert server.seen("big.bin")[0]["range"] == f"bytes={MB}-"
+    second = server.seen("big.bin")[1]
+    assert second["range"] == f"bytes={MB}-" and second["if-range"] in server.routes["/big.bin"].validators()
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["big.bin", "big.bin.json"]
+
+
+def test_partial_of_a_file_that_changed_on_the_server_is_not_spliced(tmp_path, server, payload):
+    url = interrupted_download(server, tmp_path / "dl", "big.bin", payload)
+    new = os.urandom(len(payload))
+    server.routes["/big.bin"].body = new  # same name, new content (and so a new ETag)
+    got = download(Source(url=url), tmp_path / "dl", **FAST)  # no pin: only If-Range saves it
+    assert got.path.read_bytes() == new and got.sha256 == sha256(new)
+    assert server.seen("big.bin")[1]["range"] == f"bytes={MB}-"
+
+
+@pytest.mark.parametrize("earlier", ["no-validator", "other-url"])
+def test_partial_that_cannot_be_validated_is_downloaded_from_the_start(tmp_path, server, payload, earlier):
+    if earlier == "no-validator":
+        interrupted_download(server, tmp_path / "dl", "v1/big.bin", payload, etag=None)
+    else:
+        interrupted_download(server, tmp_path / "dl", "v1/big.bin", payload)
+    new = os.urandom(len(payload))
+    url = server.serve("v2/big.bin", body=new, etag=None if earlier == "no-validator" else "auto")
+    got = download(Source(url=url), tmp_path / "dl", **FAST)
+    assert got.path.read_bytes() == new
+    assert "range" not in server.seen("v2/big.bin")[0]
 
 
 def test_stale_partial_longer_than_the_file_is_discarded(tmp_path, server, payload):
-    url = server.serve("big.bin", body=payload)
-    write(tmp_path / "dl" / "big.bin.part", b"\0" * (len(payload) + 10))  # server answers 416
+    longer = payload + os.urandom(2 * MB)
+    url = interrupted_download(server, tmp_path / "dl", "big.bin", longer, drop_at=len(payload) + 10, etag='"same"')
+    server.routes["/big.bin"].body = payload  # a server that keeps the ETag: If-Range cannot tell
     got = download(Source(url=url, sha256=sha256(payload)), tmp_path / "dl", **FAST)
     assert got.path.read_bytes() == payload
-    assert [h.get("range") for h in server.seen("big.bin")] == [f"bytes={len(payload) + 10}-", None]
+    assert [h.get("range") for h in server.seen("big.bin")] == [None, f"bytes={len(payload) + 10}-", None]
 
 
 # --- extraction -----------------------------------------------------------------------------------------------------
@@ -458,6 +521,106 @@ def test_truncated_tar_gz_is_rejected_as_corrupt(tmp_path):
 def test_not_an_archive_is_a_clear_error(tmp_path):
     archive = write(tmp_path / "pets.zip", b"<html>Sorry, this page has moved</html>\n" * 40)
     assert_rejected(archive, tmp_path / "images", r"pets\.zip is not a zip or tar archive")
+
+
+def test_plain_tar_whose_last_member_is_a_zip_extracts_as_a_tar(tmp_path):
+    inner = zip_bytes({"inner/x.txt": b"x"})
+    archive = write(tmp_path / "pets.tar", tar_bytes([(tar_entry("pets/a.jpg"), b"a"), (tar_entry("pets/extra.zip"), inner)]))
+    extract_archive(archive, tmp_path / "images", max_bytes=MB, max_files=10)
+    assert snapshot(tmp_path / "images") == {"pets/a.jpg": b"a", "pets/extra.zip": inner}
+
+
+def test_zip_behind_a_prefix_still_extracts(tmp_path):
+    archive = write(tmp_path / "pets.zip", b"#!/bin/sh\nexit 0\n" + zip_bytes({"pets/a.jpg": b"a"}))
+    extract_archive(archive, tmp_path / "images", max_bytes=MB, max_files=10)
+    assert snapshot(tmp_path / "images") == {"pets/a.jpg": b"a"}
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(1024, id="at-a-header"),
+        pytest.param(1024 + 100, id="inside-a-header"),
+        pytest.param(2048, id="before-the-end-marker"),
+        pytest.param(2048 + 512, id="inside-the-end-marker"),
+    ],
+)
+def test_plain_tar_cut_off_without_its_end_marker_is_rejected_as_truncated(tmp_path, cut):
+    # Two members of 100 bytes: headers at 0 and 1024, data at 512 and 1536, end marker at 2048.
+    data = tar_bytes([(tar_entry("pets/a.txt"), b"a" * 100), (tar_entry("pets/b.txt"), b"b" * 100)])
+    archive = write(tmp_path / "pets.tar", data[:cut])
+    assert_rejected(archive, tmp_path / "images", r"archive rejected: pets\.tar is corrupt or truncated")
+
+
+def patch_zip(data: bytes, flags: int | None = None, method: int | None = None) -> bytes:
+    """Set the flag bits or compression method of every entry, in its local header and central directory record."""
+    out = bytearray(data)
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = out.find(signature)
+        while start >= 0:
+            if flags is not None:
+                struct.pack_into("<H", out, start + flags_at, flags)
+            if method is not None:
+                struct.pack_into("<H", out, start + flags_at + 2, method)
+            start = out.find(signature, start + 4)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("patch", "match"),
+    [
+        pytest.param({"flags": 0x1}, "encrypted entries are not supported", id="encrypted"),
+        pytest.param({"method": 9}, "unsupported compression method 9", id="deflate64"),
+    ],
+)
+def test_zip_entry_that_cannot_be_read_is_rejected(tmp_path, patch, match):
+    data = patch_zip(zip_bytes({"pets/a.txt": b"secret " * 10}, zipfile.ZIP_STORED), **patch)
+    archive = write(tmp_path / "pets.zip", data)
+    assert_rejected(archive, tmp_path / "images", rf"archive rejected: pets\.zip: {match} \('pets/a\.txt'\)")
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        pytest.param({"ds/a": b"file", "ds/a/b": b"under a file"}, id="file-then-child"),
+        pytest.param({"ds/a/b": b"child", "ds/a": b"file over a folder"}, id="child-then-file"),
+        pytest.param({"ds/a": b"file", "ds/a/": b""}, id="file-then-folder"),
+        pytest.param({".": b"the target itself"}, id="dot"),
+    ],
+)
+def test_zip_with_conflicting_entries_is_rejected_as_the_archives_fault(tmp_path, entries):
+    archive = write(tmp_path / "ds.zip", zip_bytes(entries))
+    message = assert_rejected(archive, tmp_path / "images", r"archive rejected: ds\.zip has conflicting entries \(")
+    assert "cannot extract" not in message and str(tmp_path) not in message
+
+
+def test_tar_with_conflicting_entries_is_rejected_as_the_archives_fault(tmp_path):
+    archive = write(tmp_path / "ds.tar", tar_bytes([(tar_entry("ds/a"), b"file"), (tar_entry("ds/a/b"), b"under a file")]))
+    assert_rejected(archive, tmp_path / "images", r"archive rejected: ds\.tar has conflicting entries \(.*ds/a/b\)")
+
+
+def test_disk_error_while_extracting_is_still_reported_as_the_disks(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fetch_mod, "_extract_zip", disk_full)
+    archive = write(tmp_path / "pets.zip", zip_bytes({"pets/a.jpg": b"a"}))
+    with pytest.raises(CatdogError, match=r"^cannot extract pets\.zip into .*: No space left on device$"):
+        extract_archive(archive, tmp_path / "images", max_bytes=MB, max_files=10)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        pytest.param("empty.zip", zip_bytes({}), id="zip"),
+        pytest.param("empty.zip", zip_bytes({"pets/": b"", "pets/train/": b""}), id="zip-of-folders"),
+        pytest.param("empty.tar", tar_bytes([]), id="tar"),
+        pytest.param("empty.tar.gz", tar_bytes([(tar_entry("pets", tarfile.DIRTYPE), None)], mode="w:gz"), id="tar-gz-of-folders"),
+    ],
+)
+def test_archive_with_no_files_is_rejected(tmp_path, name, data):
+    archive = write(tmp_path / name, data)
+    assert_rejected(archive, tmp_path / "images", rf"archive rejected: {name.replace('.', '[.]')} contains no files")
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "pets/../../evil.txt", "..\\evil.txt"])
@@ -553,6 +716,8 @@ def fetched(tmp_path, small_zip):
         pytest.param(b"not an archive at all", id="not-an-archive"),
         pytest.param(zip_bytes({"pets/ok.txt": b"ok", "../evil.txt": b"evil"}), id="zip-slip"),
         pytest.param(zip_bytes({"pets/zeros.bin": bytes(2 * MB)}), id="zip-bomb"),
+        pytest.param(zip_bytes({}), id="empty-zip"),
+        pytest.param(tar_bytes([]), id="empty-tar"),
     ],
 )
 def test_failed_fetch_leaves_the_previous_dataset_untouched(tmp_path, fetched, archive):
@@ -563,6 +728,21 @@ def test_failed_fetch_leaves_the_previous_dataset_untouched(tmp_path, fetched, a
         fetch(changed, tmp_path / "images", tmp_path / "w.h5", tmp_path / "dl")
     assert snapshot(tmp_path / "images") == before
     assert leftovers(tmp_path) == []
+
+
+def test_corrupt_download_is_dropped_from_the_cache_so_a_rerun_fetches_it_again(tmp_path, server, fetched, small_zip):
+    params, before = fetched
+    data = small_zip.read_bytes()
+    url = server.serve("pets2.zip", body=data[: len(data) // 2])
+    changed = params.model_copy(update={"dataset": Source(url=url)})
+    with pytest.raises(CatdogError, match=r"pets2\.zip is corrupt or truncated"):
+        fetch(changed, tmp_path / "images", tmp_path / "w.h5", tmp_path / "dl")
+    assert snapshot(tmp_path / "images") == before
+    assert not (tmp_path / "dl" / "pets2.zip").exists() and not (tmp_path / "dl" / "pets2.zip.json").exists()
+
+    server.routes["/pets2.zip"].body = data  # the server is fixed: the rerun downloads afresh and succeeds
+    dataset, _ = fetch(changed, tmp_path / "images", tmp_path / "w.h5", tmp_path / "dl")
+    assert dataset.sha256 == sha256(data) and len(server.seen("pets2.zip")) == 2
 
 
 def test_unreachable_source_leaves_the_previous_dataset_untouched(tmp_path, fetched):

@@ -54,6 +54,8 @@ def test_dvc_set_style_strings_load_with_the_right_types(tmp_path: Path):
         ({"base": {"classes": ["dog", "cat"]}}, "base.classes"),
         ({"split": {"val_fraction": 0.6, "test_fraction": 0.5}}, "below 1"),
         ({"fetch": {"dataset": {"url": "d.zip", "sha256": "abc"}, "weights": {"url": "w"}}}, "fetch.dataset.sha256"),
+        ({"fetch": {"dataset": {"url": "d.zip"}, "weights": {"url": "w"}, "timeout_s": float("inf")}}, "fetch.timeout_s"),
+        ({"split": {"class_map": {"cat": "cat", "Cat": "dog"}}}, "split.class_map.*'Cat' is mapped to both"),
     ],
 )
 def test_invalid_values_name_the_key(override, message):

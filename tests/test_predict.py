@@ -21,6 +21,8 @@ ODD_NAMES = [
     "comma, in name.jpg",
     'double "quote".jpg',
     "new\nline.jpg",
+    "carriage\rreturn.jpg",
+    "crlf\r\nname.jpg",
     "tab\there.jpg",
     "  spaces  .jpg",
     "ünïcødé 猫.jpg",
@@ -202,6 +204,7 @@ def test_threshold_defaults_to_the_models_and_can_be_overridden(tiny_bundle, tmp
         ("garbage_tflite", "cannot load model"),
         ("no_meta", "model metadata not found"),
         ("bad_meta", "invalid model metadata"),
+        ("classes_not_a_list", "invalid model metadata"),
         ("missing_folder", "folder not found"),
         ("bad_shard", "invalid --shard"),
     ],
@@ -222,6 +225,9 @@ def test_bad_model_or_folder_exits_nonzero_with_one_line(tiny_bundle, tmp_path, 
         (model / "meta.json").unlink()
     elif setup == "bad_meta":
         (model / "meta.json").write_text('{"classes": ["cat"]}')
+    elif setup == "classes_not_a_list":
+        meta = json.loads((tiny_bundle / "meta.json").read_text())
+        (model / "meta.json").write_text(json.dumps({**meta, "classes": "cd"}))
     elif setup == "missing_folder":
         folder = tmp_path / "nowhere"
     elif setup == "bad_shard":
@@ -279,15 +285,48 @@ def test_interrupted_progress_is_not_discarded_without_resume_or_overwrite(tiny_
     assert not (tmp_path / "labels.csv.progress.json").exists()
 
 
-def test_shards_writing_into_the_folder_ignore_each_others_working_files(tiny_bundle, tmp_path):
-    folder = tmp_path / "photos"
+def test_only_the_runs_own_csv_is_left_out_of_a_folder_it_writes_into(tiny_bundle, tmp_path):
+    """Files that merely look like working files (another CSV's, or the user's) are labelled like any other."""
+    real = tmp_path / "photos"
+    for i in range(3):
+        make_image(real / f"{i}.jpg", seed=i)
+    lookalikes = ["labels-1.csv.partial", "labels-1.csv.progress.json", ".labels-1.csv.abc.tmp", "video.partial"]
+    for name in lookalikes:
+        make_image(real / name, fmt="JPEG")
+    (tmp_path / "link").symlink_to(real)  # the folder reached through a link still knows its own CSV
+    for _ in range(2):  # the second run finds the first one's CSV in the folder
+        catdog("predict-folder", tmp_path / "link", "--model", tiny_bundle, "--out", real / "labels-0.csv", "--overwrite")
+    rows = read_rows(real / "labels-0.csv")
+    assert [r["path"] for r in rows] == sorted([f"{i}.jpg" for i in range(3)] + lookalikes)
+    assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_resume_refuses_when_the_folders_files_changed(tiny_bundle, tmp_path):
+    from catdog.predict import predict_folder, progress_path
+    from catdog.runtime import load_predictor
+
+    folder = tmp_path / "in"
     for i in range(6):
         make_image(folder / f"{i}.jpg", seed=i)
-    (folder / "labels-1.csv.partial").write_text("in progress")
-    (folder / "labels-1.csv.progress.json").write_text("{}")
-    (folder / ".labels-1.csv.progress.json.abc.tmp").write_text("{}")
-    catdog("predict-folder", folder, "--model", tiny_bundle, "--out", folder / "labels-0.csv", "--shard", "0/1")
-    assert [r["path"] for r in read_rows(folder / "labels-0.csv")] == [f"{i}.jpg" for i in range(6)]
+    out = tmp_path / "labels.csv"
+
+    class InterruptedOnSecondBatch:
+        def __init__(self, inner):
+            self.inner, self.meta, self.calls = inner, inner.meta, 0
+
+        def predict(self, images):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return self.inner.predict(images)
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(folder, InterruptedOnSecondBatch(load_predictor(tiny_bundle)), tiny_bundle, out, batch_size=2, workers=1)
+    progress = progress_path(out).read_text()
+    (folder / "0.jpg").rename(folder / "z.jpg")  # sorts after the saved position: resuming would drop 0.jpg's row
+    result = catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out, "--resume", check=False)
+    assert result.returncode == 1 and "files were added, removed or renamed" in result.stderr, result.stderr
+    assert progress_path(out).read_text() == progress and not out.exists()
 
 
 def test_resume_refuses_progress_from_a_different_run(tiny_bundle, tmp_path):

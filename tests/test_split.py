@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,29 @@ def test_empty_or_unlabelled_tree_is_a_clear_error(tmp_path):
         split_dataset(tmp_path, SplitParams(), seed=0)
     with pytest.raises(CatdogError, match="dataset folder not found"):
         split_dataset(tmp_path / "missing", SplitParams(), seed=0)
+
+
+def test_a_dataset_with_one_class_only_is_a_clear_error(tmp_path):
+    for i in range(8):
+        make_image(tmp_path / "cats" / f"{i}.jpg", RED, seed=i)
+        make_image(tmp_path / "hounds" / f"{i}.jpg", BLUE, seed=50 + i)  # not in the class map
+    with pytest.raises(CatdogError, match=r"no usable dog images .*needs both classes.*dog, dogs -> dog"):
+        split_dataset(tmp_path, SplitParams(), seed=0)
+
+
+def test_file_names_a_manifest_cannot_hold_are_rejected_with_the_reason(tmp_path):
+    synthetic_dataset(tmp_path, n_train=8, n_val=3)
+    cats = tmp_path / "pets" / "train" / "cats"
+    make_image(cats / "line\nbreak.jpg", RED)
+    make_image(cats / os.fsdecode(b"caf\xe9.jpg"), RED)  # Latin-1 bytes, as an old tar can hold
+    result = split_dataset(tmp_path, SplitParams(), seed=0)
+    reasons = {r["path"]: r["reason"] for r in result.rejected}
+    assert reasons == {
+        "pets/train/cats/caf\\xe9.jpg": "file name is not valid UTF-8 (rename it)",
+        "pets/train/cats/line\nbreak.jpg": "file name contains a line break (rename it)",
+    }
+    write_split(result, tmp_path / "split", tmp_path / "split" / "report.json")
+    assert len(read_manifest(tmp_path / "split" / "train.csv")) == len(result.manifests["train"])
 
 
 def test_split_command_writes_manifests_and_report(tmp_path):
