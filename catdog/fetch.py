@@ -355,9 +355,12 @@ def fetch(params: FetchParams, dataset_out: Path, weights_out: Path, downloads: 
     try:
         extract_archive(dataset.path, dataset_out, params.max_bytes, params.max_files)
     except CorruptArchive:
-        # Otherwise every rerun would reuse the bad cached copy: drop it so the next run fetches it again.
-        (downloads / f"{dataset.path.name}.json").unlink(missing_ok=True)
-        dataset.path.unlink(missing_ok=True)
+        # Otherwise every rerun would reuse the bad cached copy: drop it so the next run fetches it again,
+        # unless the "copy" is the user's source file itself (a local source inside the download folder).
+        source = _local_path(params.dataset.url)
+        if source is None or not (source.exists() and os.path.samefile(source, dataset.path)):
+            (downloads / f"{dataset.path.name}.json").unlink(missing_ok=True)
+            dataset.path.unlink(missing_ok=True)
         raise
     with atomic_path(weights_out) as tmp:
         shutil.copyfile(weights.path, tmp)

@@ -745,6 +745,15 @@ def test_corrupt_download_is_dropped_from_the_cache_so_a_rerun_fetches_it_again(
     assert dataset.sha256 == sha256(data) and len(server.seen("pets2.zip")) == 2
 
 
+def test_corrupt_local_source_inside_the_download_folder_is_never_deleted(tmp_path, fetched):
+    params, before = fetched
+    own = write(tmp_path / "dl" / "mine.zip", b"PK\x03\x04" + b"garbage" * 100)
+    with pytest.raises(CatdogError, match=r"mine\.zip is corrupt or truncated"):
+        fetch(params.model_copy(update={"dataset": Source(url=str(own))}), tmp_path / "images", tmp_path / "w.h5", tmp_path / "dl")
+    assert own.read_bytes() == b"PK\x03\x04" + b"garbage" * 100
+    assert snapshot(tmp_path / "images") == before
+
+
 def test_unreachable_source_leaves_the_previous_dataset_untouched(tmp_path, fetched):
     params, before = fetched
     with socket.socket() as sock:

@@ -301,6 +301,38 @@ def test_only_the_runs_own_csv_is_left_out_of_a_folder_it_writes_into(tiny_bundl
     assert {r["status"] for r in rows} == {"ok"}
 
 
+class Interrupting:
+    """A predictor that raises KeyboardInterrupt (as Ctrl-C would) on its `at`-th batch."""
+
+    def __init__(self, inner, at: int):
+        self.inner, self.meta, self.at, self.calls = inner, inner.meta, at, 0
+
+    def predict(self, images):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.inner.predict(images)
+
+
+def test_a_fresh_run_interrupted_before_its_first_batch_leaves_no_stale_progress(tiny_bundle, tmp_path):
+    """Otherwise the old run's progress would describe a partial CSV that the new run has emptied."""
+    from catdog.predict import predict_folder, progress_path
+    from catdog.runtime import load_predictor
+
+    folder = tmp_path / "in"
+    for i in range(6):
+        make_image(folder / f"{i}.jpg", seed=i)
+    out = tmp_path / "labels.csv"
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(folder, Interrupting(load_predictor(tiny_bundle), 2), tiny_bundle, out, batch_size=2, workers=1)
+    assert progress_path(out).exists()
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(folder, Interrupting(load_predictor(tiny_bundle), 1), tiny_bundle, out, batch_size=2, workers=1, overwrite=True)
+    assert not progress_path(out).exists()
+    catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out)  # neither --resume nor --overwrite needed
+    assert len(read_rows(out)) == 6
+
+
 def test_resume_refuses_when_the_folders_files_changed(tiny_bundle, tmp_path):
     from catdog.predict import predict_folder, progress_path
     from catdog.runtime import load_predictor
@@ -310,18 +342,8 @@ def test_resume_refuses_when_the_folders_files_changed(tiny_bundle, tmp_path):
         make_image(folder / f"{i}.jpg", seed=i)
     out = tmp_path / "labels.csv"
 
-    class InterruptedOnSecondBatch:
-        def __init__(self, inner):
-            self.inner, self.meta, self.calls = inner, inner.meta, 0
-
-        def predict(self, images):
-            self.calls += 1
-            if self.calls == 2:
-                raise KeyboardInterrupt
-            return self.inner.predict(images)
-
     with pytest.raises(KeyboardInterrupt):
-        predict_folder(folder, InterruptedOnSecondBatch(load_predictor(tiny_bundle)), tiny_bundle, out, batch_size=2, workers=1)
+        predict_folder(folder, Interrupting(load_predictor(tiny_bundle), 2), tiny_bundle, out, batch_size=2, workers=1)
     progress = progress_path(out).read_text()
     (folder / "0.jpg").rename(folder / "z.jpg")  # sorts after the saved position: resuming would drop 0.jpg's row
     result = catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out, "--resume", check=False)
