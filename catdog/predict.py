@@ -281,8 +281,8 @@ def predict_folder(
     if keep:
         os.truncate(partial, keep)
         ok, error = _count_statuses(partial)
-    else:  # starting over: an older run's progress no longer describes the partial CSV
-        progress.unlink(missing_ok=True)
+    elif progress.exists():  # starting over: an older run's progress no longer describes the partial CSV
+        progress.unlink()
     with open(partial, "a" if keep else "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         # CRLF (RFC 4180), not "\n": Python < 3.12 quotes only the line terminator's characters, so a file
         # name holding a bare "\r" would otherwise break the row.
