@@ -14,10 +14,12 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +123,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+LARGE_DECODE_PIXELS = 16_000_000
+
+
+def large_decode_gate() -> Callable[[int], AbstractContextManager]:
+    """A gate for `load_image` that lets one decode of over LARGE_DECODE_PIXELS run at a time, so memory
+    stays near threads x 16 Mpx + one image at the pixel limit, however many cores decode."""
+    large = threading.Lock()
+    return lambda pixels: large if pixels > LARGE_DECODE_PIXELS else nullcontext()
+
+
 def score_files(
     entries: list[Entry], predictor: Predictor, batch_size: int, workers: int | None = None,
     max_pixels: int | None = None,
@@ -133,11 +145,13 @@ def score_files(
     size = predictor.meta.image_size
     max_pixels = predictor.meta.max_pixels if max_pixels is None else max_pixels
 
+    gate = large_decode_gate()
+
     def decode(entry: Entry) -> np.ndarray | str:
         if entry.problem:
             return entry.problem
         try:
-            return load_image(entry.path, size, max_pixels)
+            return load_image(entry.path, size, max_pixels, gate)
         except ImageError as exc:
             return str(exc)
 

@@ -1,3 +1,6 @@
+import io
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -101,3 +104,28 @@ def test_inspect_file_hashes_content_and_reports_validity(tmp_path):
     _, reason_c = inspect_file(tmp_path / "c.png")
     assert digest_a == digest_b and len(digest_a) == 64
     assert reason_a is None and reason_c.startswith("not an image")
+
+
+def test_decode_runs_inside_the_gate_told_its_pixel_count_after_jpeg_scaling(tmp_path):
+    seen = []
+
+    @contextmanager
+    def gate(pixels):
+        seen.append(("enter", pixels))
+        yield
+        seen.append(("exit", pixels))
+
+    load_image(make_image(tmp_path / "a.png", size=(300, 200)), 32, gate=gate)
+    load_image(make_image(tmp_path / "b.jpg", size=(2000, 1600)), 32, gate=gate)  # decoded at 1/8 scale
+    assert seen == [("enter", 60_000), ("exit", 60_000), ("enter", 250 * 200), ("exit", 250 * 200)]
+
+
+def test_sixteen_bit_gray_converts_like_eight_bit():
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    got = load_image(buf.getvalue(), 16).astype(int)
+    eight = io.BytesIO()
+    Image.fromarray((ramp / 257 + 0.5).astype(np.uint8)).save(eight, format="PNG")
+    want = load_image(eight.getvalue(), 16).astype(int)
+    assert np.abs(got - want).max() <= 1 and (got[..., 0] == got[..., 2]).all()

@@ -360,6 +360,17 @@ def test_resume_refuses_progress_from_a_different_run(tiny_bundle, tmp_path):
     assert result.returncode == 1 and "different run" in result.stderr
 
 
+def test_large_decodes_take_turns_and_small_ones_do_not():
+    from catdog.predict import LARGE_DECODE_PIXELS, large_decode_gate
+
+    gate = large_decode_gate()
+    with gate(LARGE_DECODE_PIXELS + 1):
+        assert not gate(LARGE_DECODE_PIXELS + 1).acquire(blocking=False)  # a second large decode waits
+        with gate(LARGE_DECODE_PIXELS):  # a normal one does not
+            pass
+    assert gate(LARGE_DECODE_PIXELS + 1).acquire(blocking=False)
+
+
 def test_scan_lists_without_opening_and_parse_shard_validates(tmp_path):
     make_image(tmp_path / "b.jpg")
     make_image(tmp_path / "a" / "c.jpg")
