@@ -131,15 +131,18 @@ def _http_download(url: str, part: Path, timeout_s: float, retries: int, backoff
     host = urllib.parse.urlparse(url).netloc
     state = _resume_state(part)
     attempt = 0
+    started_here = False  # this call began the partial file: a retry seconds later may resume it without validators
     while True:
         have = part.stat().st_size if part.exists() else 0
         headers = {"User-Agent": f"catdog/{__version__}"}
         validator = _if_range(url, state) if have else None
-        if validator is None:
-            have = 0  # without a validator the server's file may have changed since: resuming could splice two versions
-        else:
+        if validator is None and not started_here:
+            have = 0  # a partial from an earlier run, unvalidated: the server's file may have changed since
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        if have and validator:
             # A server whose file changed answers If-Range with the whole new file (200), not a range of it.
-            headers["Range"], headers["If-Range"] = f"bytes={have}-", validator
+            headers["If-Range"] = validator
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as resp:
                 resumed = have > 0 and resp.status == 206
@@ -155,6 +158,7 @@ def _http_download(url: str, part: Path, timeout_s: float, retries: int, backoff
                 ) as advance:
                     if not resumed:  # saved only once the old partial is emptied, so it never describes other bytes
                         _save_resume_state(state, url, resp.headers)
+                        started_here = True
                     advance(have)
                     while chunk := resp.read(CHUNK):
                         fh.write(chunk)
