@@ -314,39 +314,44 @@ class Interrupting:
         return self.inner.predict(images)
 
 
-def test_a_fresh_run_interrupted_before_its_first_batch_leaves_no_stale_progress(tiny_bundle, tmp_path):
-    """Otherwise the old run's progress would describe a partial CSV that the new run has emptied."""
-    from catdog.predict import predict_folder, progress_path
-    from catdog.runtime import load_predictor
-
+@pytest.fixture
+def six_photos(tmp_path) -> Path:
     folder = tmp_path / "in"
     for i in range(6):
         make_image(folder / f"{i}.jpg", seed=i)
+    return folder
+
+
+def label_until_interrupted(folder: Path, bundle: Path, out: Path, at: int, **options) -> None:
+    """Label `folder` two files a batch, with Ctrl-C arriving at batch `at` (progress is saved after each batch)."""
+    from catdog.predict import predict_folder
+    from catdog.runtime import load_predictor
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(folder, Interrupting(load_predictor(bundle), at), bundle, out, batch_size=2, workers=1, **options)
+
+
+def test_a_fresh_run_interrupted_before_its_first_batch_leaves_no_stale_progress(tiny_bundle, six_photos, tmp_path):
+    """Otherwise the old run's progress would describe a partial CSV that the new run has emptied."""
+    from catdog.predict import progress_path
+
     out = tmp_path / "labels.csv"
-    with pytest.raises(KeyboardInterrupt):
-        predict_folder(folder, Interrupting(load_predictor(tiny_bundle), 2), tiny_bundle, out, batch_size=2, workers=1)
+    label_until_interrupted(six_photos, tiny_bundle, out, at=2)
     assert progress_path(out).exists()
-    with pytest.raises(KeyboardInterrupt):
-        predict_folder(folder, Interrupting(load_predictor(tiny_bundle), 1), tiny_bundle, out, batch_size=2, workers=1, overwrite=True)
+    label_until_interrupted(six_photos, tiny_bundle, out, at=1, overwrite=True)
     assert not progress_path(out).exists()
-    catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out)  # neither --resume nor --overwrite needed
+    catdog("predict-folder", six_photos, "--model", tiny_bundle, "--out", out)  # neither --resume nor --overwrite needed
     assert len(read_rows(out)) == 6
 
 
-def test_resume_refuses_when_the_folders_files_changed(tiny_bundle, tmp_path):
-    from catdog.predict import predict_folder, progress_path
-    from catdog.runtime import load_predictor
+def test_resume_refuses_when_the_folders_files_changed(tiny_bundle, six_photos, tmp_path):
+    from catdog.predict import progress_path
 
-    folder = tmp_path / "in"
-    for i in range(6):
-        make_image(folder / f"{i}.jpg", seed=i)
     out = tmp_path / "labels.csv"
-
-    with pytest.raises(KeyboardInterrupt):
-        predict_folder(folder, Interrupting(load_predictor(tiny_bundle), 2), tiny_bundle, out, batch_size=2, workers=1)
+    label_until_interrupted(six_photos, tiny_bundle, out, at=2)
     progress = progress_path(out).read_text()
-    (folder / "0.jpg").rename(folder / "z.jpg")  # sorts after the saved position: resuming would drop 0.jpg's row
-    result = catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out, "--resume", check=False)
+    (six_photos / "0.jpg").rename(six_photos / "z.jpg")  # sorts after the saved position: resuming would drop 0.jpg's row
+    result = catdog("predict-folder", six_photos, "--model", tiny_bundle, "--out", out, "--resume", check=False)
     assert result.returncode == 1 and "files were added, removed or renamed" in result.stderr, result.stderr
     assert progress_path(out).read_text() == progress and not out.exists()
 
