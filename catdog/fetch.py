@@ -100,9 +100,10 @@ def _copy_local(src: Path, part: Path) -> None:
         raise CatdogError(f"source not readable: {src}") from None
 
 
-def _resume_state(part: Path) -> Path:
-    """Where the validators of the response that started `part` are kept."""
-    return part.with_name(f"{part.name}.json")
+def _record_of(path: Path) -> Path:
+    """The small JSON kept beside a download: sha256 and source of a finished one, or the validators of the
+    response that started a partial one."""
+    return path.with_name(f"{path.name}.json")
 
 
 def _if_range(url: str, state: Path) -> str | None:
@@ -129,7 +130,7 @@ def _save_resume_state(state: Path, url: str, headers: http.client.HTTPMessage) 
 
 def _http_download(url: str, part: Path, timeout_s: float, retries: int, backoff_s: float) -> None:
     host = urllib.parse.urlparse(url).netloc
-    state = _resume_state(part)
+    state = _record_of(part)
     attempt = 0
     started_here = False  # this call began the partial file: a retry seconds later may resume it without validators
     while True:
@@ -189,7 +190,8 @@ def download(source: Source, downloads: Path, timeout_s: float = 30.0, retries: 
     """Get `source` into `downloads/`, verified; reuse a previous download whose record matches."""
     downloads.mkdir(parents=True, exist_ok=True)
     name = file_name(source.url)
-    final, record = downloads / name, downloads / f"{name}.json"
+    final = downloads / name
+    record = _record_of(final)
     expected = source.sha256.lower() if source.sha256 else None
     local = _local_path(source.url)
     # A local source may change under the same path: its size and mtime are part of the record.
@@ -217,7 +219,7 @@ def download(source: Source, downloads: Path, timeout_s: float = 30.0, retries: 
         _copy_local(local, part)
     else:
         _http_download(source.url, part, timeout_s, retries, backoff_s)
-    _resume_state(part).unlink(missing_ok=True)
+    _record_of(part).unlink(missing_ok=True)
 
     actual = sha256_of(part)
     if expected and actual != expected:
@@ -363,7 +365,7 @@ def fetch(params: FetchParams, dataset_out: Path, weights_out: Path, downloads: 
         # unless the "copy" is the user's source file itself (a local source inside the download folder).
         source = _local_path(params.dataset.url)
         if source is None or not (source.exists() and os.path.samefile(source, dataset.path)):
-            (downloads / f"{dataset.path.name}.json").unlink(missing_ok=True)
+            _record_of(dataset.path).unlink(missing_ok=True)
             dataset.path.unlink(missing_ok=True)
         raise
     with atomic_path(weights_out) as tmp:

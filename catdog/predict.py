@@ -197,6 +197,11 @@ def _files_digest(entries: list[Entry]) -> str:
     return digest.hexdigest()
 
 
+def partial_path(out: Path) -> Path:
+    """Where a run writing `out` appends its rows until the CSV is complete (then renamed onto `out`)."""
+    return out.with_name(out.name + ".partial")
+
+
 def progress_path(out: Path) -> Path:
     """Where a run writing `out` saves its progress after each batch (removed when the CSV is complete)."""
     return out.with_name(out.name + ".progress.json")
@@ -230,7 +235,7 @@ def own_files(out: Path) -> Callable[[str], bool]:
     or a hidden temporary file of their atomic writes. Those are never labelled; every other file is."""
     folder = os.path.realpath(out.parent)
     progress = progress_path(out).name
-    exact = {os.path.join(folder, name) for name in (out.name, f"{out.name}.partial", progress)}
+    exact = {os.path.join(folder, name) for name in (out.name, partial_path(out).name, progress)}
     temp_prefixes = (f".{out.name}.", f".{progress}.")
 
     def own(path: str) -> bool:
@@ -275,7 +280,7 @@ def predict_folder(
     if not 0 < threshold < 1:
         raise CatdogError(f"invalid threshold {threshold}: must be between 0 and 1")
     classes = predictor.meta.classes
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_path(out)
     progress = progress_path(out)
     if progress.exists() and not (resume or overwrite):
         raise CatdogError(f"an interrupted run left its progress in {progress}; pass --resume to continue it or --overwrite to start over")

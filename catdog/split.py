@@ -111,12 +111,13 @@ def split_dataset(root: Path, params: SplitParams, seed: int, workers: int | Non
         raise CatdogError(f"no images under class folders ({', '.join(sorted(params.class_map))}) in {root}")
 
     # A manifest must hold each name exactly, one line per row.
-    bad_names = [
-        {"path": os.fsencode(c.path).decode("utf-8", "backslashreplace"), "reason": reason}
-        for c in candidates
-        if (reason := _name_problem(c.path))
-    ]
-    candidates = [c for c in candidates if not _name_problem(c.path)]
+    bad_names, named = [], []
+    for c in candidates:
+        if reason := _name_problem(c.path):
+            bad_names.append({"path": os.fsencode(c.path).decode("utf-8", "backslashreplace"), "reason": reason})
+        else:
+            named.append(c)
+    candidates = named
 
     check = partial(inspect_file, max_pixels=params.max_pixels)
     paths = [root / c.path for c in candidates]
