@@ -14,8 +14,9 @@ from catdog.errors import CatdogError
 from catdog.fsutil import write_json, write_text
 from catdog.metrics import classification_metrics, pr_points, roc_points
 from catdog.plots import contact_sheet
-from catdog.predict import Entry, score_files
+from catdog.engines import score_local
 from catdog.runtime import Predictor
+from catdog.sources import Listing, LocalSource
 from catdog.split import read_manifest
 
 
@@ -29,12 +30,11 @@ def evaluate(
 ) -> dict:
     """Score the test manifest; write metrics, predictions/ROC/PR CSVs and worst.png. Returns the metrics."""
     rows = read_manifest(test_csv)
-    entries = [Entry(path, images / path) for path, _ in rows]
     p_dog = []
-    for batch in score_files(entries, predictor, batch_size):
-        for entry, p, reason in batch:
+    for batch in score_local(LocalSource(str(images)), Listing([path for path, _ in rows]), predictor, batch_size):
+        for rel, p, reason in batch:
             if reason is not None:
-                raise CatdogError(f"{entry.path}: {reason}")
+                raise CatdogError(f"{images / rel}: {reason}")
             p_dog.append(p)
     y = np.array([int(label == "dog") for _, label in rows])
     p = np.array(p_dog)

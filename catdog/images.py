@@ -25,6 +25,10 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # guard would otherwise warn or raise at its fixed 89 Mpx.
 Image.MAX_IMAGE_PIXELS = None
 
+# The formats the README promises; no other Pillow plugin ever sees a file. EPS in particular would hand
+# untrusted input to Ghostscript, and a looping PostScript file hangs the decoding thread.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+
 
 class ImageError(CatdogError):
     """A file that cannot be used as an image, with a one-line reason."""
@@ -52,18 +56,40 @@ def _to_rgb_or_gray(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _sniff_format(head: bytes) -> str | None:
+    """The name of a format Pillow knows but catdog refuses, from a file's first bytes (no plugin runs)."""
+    Image.init()
+    for name, (_factory, accept) in Image.OPEN.items():
+        if name not in FORMATS and accept is not None:
+            try:
+                if accept(head):
+                    return name
+            except Exception:  # noqa: BLE001 - a plugin's prefix check is only a hint
+                continue
+    return None
+
+
+def open_image(source: Path | str | bytes) -> Image.Image:
+    """`Image.open` restricted to FORMATS; any other format is an `ImageError` naming it."""
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        return Image.open(fp, formats=FORMATS)
+    except UnidentifiedImageError:
+        if isinstance(source, bytes):
+            head = source[:16]
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(16)
+        if not head:
+            raise ImageError("empty file") from None
+        refused = _sniff_format(head)
+        if refused:
+            raise ImageError(f"unsupported format: {refused}") from None
+        raise
+
+
 def _open(source: Path | str | bytes, max_pixels: int) -> Image.Image:
-    if isinstance(source, bytes):
-        if not source:
-            raise ImageError("empty file")
-        im = Image.open(io.BytesIO(source))
-    else:
-        try:
-            im = Image.open(source)
-        except UnidentifiedImageError:
-            if Path(source).stat().st_size == 0:
-                raise ImageError("empty file") from None
-            raise
+    im = open_image(source)
     width, height = im.size
     if width * height > max_pixels:
         im.close()
@@ -95,7 +121,7 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     gate: Callable[[int], AbstractContextManager] | None = None,
 ) -> np.ndarray:
-    """Decode an image file (any format Pillow reads) into a `size` x `size` x 3 uint8 RGB array.
+    """Decode an image file (one of FORMATS, whatever its name) into a `size` x `size` x 3 uint8 RGB array.
 
     Applies EXIF orientation, takes the first frame of animations, converts every mode to RGB
     (alpha over white) and squashes to a square with bilinear resampling, like Keras'
@@ -139,3 +165,22 @@ def inspect_file(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tupl
     except OSError as exc:
         return "", describe_error(exc)
     return hashlib.sha256(data).hexdigest(), check_image(data, max_pixels)
+
+
+def load_thumbnail(source: Path | str | bytes, max_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image as `load_image` does (EXIF orientation, first frame, alpha over white), scaled down to
+    fit `max_side` x `max_side` with its aspect ratio kept: 8-bit RGB or gray. Raises `ImageError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open(source, max_pixels) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (max_side, max_side))
+                im.load()
+                oriented = _to_rgb_or_gray(ImageOps.exif_transpose(im))
+                width, height = oriented.size
+                scale = min(1.0, max_side / max(width, height))
+                size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                return oriented.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a reason
+        raise ImageError(describe_error(exc)) from exc

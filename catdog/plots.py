@@ -7,6 +7,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from catdog.fsutil import atomic_path
+from catdog.images import ImageError, open_image
 
 THUMB = 192
 CAPTION = 34
@@ -32,10 +33,10 @@ def contact_sheet(items: list[tuple[Path, str, str]], dest: Path, title: str) ->
     for i, (path, line1, line2) in enumerate(items):
         x, y = (i % COLUMNS) * THUMB, header + (i // COLUMNS) * (THUMB + CAPTION)
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 thumb = ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (THUMB - 8, THUMB - 8))
             sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
-        except OSError:
+        except (OSError, ImageError):
             draw.text((x + 8, y + THUMB // 2), "(unreadable)", fill="red", font=font)
         draw.text((x + 4, y + THUMB), _fit(draw, line1, font, THUMB - 8), fill="black", font=font)
         draw.text((x + 4, y + THUMB + 15), _fit(draw, line2, font, THUMB - 8), fill="firebrick", font=font)

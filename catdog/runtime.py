@@ -7,15 +7,16 @@ only the small `ai-edge-litert` package, so labeling runs without TensorFlow ins
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from catdog.cpus import usable_cpus
 from catdog.errors import CatdogError
 from catdog.images import DEFAULT_MAX_PIXELS
+from catdog.logs import native_stderr_filtered
 
 RUNTIMES = ("auto", "litert", "keras")
 
@@ -69,7 +70,11 @@ class LiteRTPredictor:
             except ImportError:
                 raise CatdogError("LiteRT is not installed: pip install ai-edge-litert (or use --runtime keras)") from None
         try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+            # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" on the first allocation, whatever
+            # the log level: allocate here, with that line filtered out (later resizes print nothing).
+            with native_stderr_filtered():
+                self._interpreter = Interpreter(model_path=str(path), num_threads=threads or usable_cpus())
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise CatdogError(f"cannot load model {path}: {' '.join(str(exc).split())[:200]}") from None
         self.meta = meta
@@ -123,15 +128,13 @@ def _litert_available() -> bool:
     return importlib.util.find_spec("ai_edge_litert") is not None
 
 
-def load_predictor(path: Path | str, runtime: str = "auto", threads: int | None = None) -> Predictor:
-    """Open a bundle folder, or a `model.tflite` / `model.keras` file with `meta.json` beside it."""
+def resolve_model_file(path: Path | str, runtime: str = "auto") -> tuple[Path, str]:
+    """The model file a bundle folder (or model file) resolves to for `runtime`, and that runtime."""
     path = Path(path)
     if runtime not in RUNTIMES:
         raise CatdogError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     if not path.exists():
         raise CatdogError(f"model not found: {path}")
-    folder = path if path.is_dir() else path.parent
-    meta = ModelMeta.read(folder / "meta.json")
     if path.is_dir():
         tflite, keras_file = path / "model.tflite", path / "model.keras"
         if runtime == "auto":
@@ -141,6 +144,13 @@ def load_predictor(path: Path | str, runtime: str = "auto", threads: int | None 
             raise CatdogError(f"model not found: {path}")
     elif runtime == "auto":
         runtime = "litert" if path.suffix == ".tflite" else "keras"
+    return path, runtime
+
+
+def load_predictor(path: Path | str, runtime: str = "auto", threads: int | None = None) -> Predictor:
+    """Open a bundle folder, or a `model.tflite` / `model.keras` file with `meta.json` beside it."""
+    model_file, runtime = resolve_model_file(path, runtime)
+    meta = ModelMeta.read(model_file.parent / "meta.json")
     if runtime == "litert":
-        return LiteRTPredictor(path, meta, threads)
-    return KerasPredictor(path, meta)
+        return LiteRTPredictor(model_file, meta, threads)
+    return KerasPredictor(model_file, meta)

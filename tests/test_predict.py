@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from catdog.predict import parse_shard, scan_folder, shard_of
+from catdog.sources import LocalSource, parse_shard, shard_of
 from catdog.errors import CatdogError
 from conftest import catdog, cli_env, make_image
 
@@ -114,7 +114,7 @@ def test_hostile_folder_lists_every_file_once_with_the_right_status(hostile, tin
     assert errors["loop_a.jpg"] == "symlink loop"
     assert errors["fifo.jpg"] == "not a regular file (a FIFO)"
     assert errors["sock.jpg"] == "not a regular file (a socket)"
-    assert errors["sub/back_to_root"] == "symlink to a folder (not followed)"
+    assert errors["sub/back_to_root"] == "symlink to a folder already listed (the labeled folder itself)"
     assert errors["bomb.png"].startswith("image too large")
     assert errors["notes.txt"].startswith("not an image")
     assert "truncated" in errors["truncated.jpg"]
@@ -324,16 +324,16 @@ def six_photos(tmp_path) -> Path:
 
 def label_until_interrupted(folder: Path, bundle: Path, out: Path, at: int, **options) -> None:
     """Label `folder` two files a batch, with Ctrl-C arriving at batch `at` (progress is saved after each batch)."""
-    from catdog.predict import predict_folder
+    from catdog.predict import PredictOptions, predict
     from catdog.runtime import load_predictor
 
     with pytest.raises(KeyboardInterrupt):
-        predict_folder(folder, Interrupting(load_predictor(bundle), at), bundle, out, batch_size=2, workers=1, **options)
+        predict(PredictOptions(str(folder), bundle, out, batch_size=2, workers=1, **options), Interrupting(load_predictor(bundle), at))
 
 
 def test_a_fresh_run_interrupted_before_its_first_batch_leaves_no_stale_progress(tiny_bundle, six_photos, tmp_path):
     """Otherwise the old run's progress would describe a partial CSV that the new run has emptied."""
-    from catdog.predict import progress_path
+    from catdog.labels import progress_path
 
     out = tmp_path / "labels.csv"
     label_until_interrupted(six_photos, tiny_bundle, out, at=2)
@@ -345,7 +345,7 @@ def test_a_fresh_run_interrupted_before_its_first_batch_leaves_no_stale_progress
 
 
 def test_resume_refuses_when_the_folders_files_changed(tiny_bundle, six_photos, tmp_path):
-    from catdog.predict import progress_path
+    from catdog.labels import progress_path
 
     out = tmp_path / "labels.csv"
     label_until_interrupted(six_photos, tiny_bundle, out, at=2)
@@ -366,7 +366,7 @@ def test_resume_refuses_progress_from_a_different_run(tiny_bundle, tmp_path):
 
 
 def test_large_decodes_take_turns_and_small_ones_do_not():
-    from catdog.predict import LARGE_DECODE_PIXELS, large_decode_gate
+    from catdog.engines import LARGE_DECODE_PIXELS, large_decode_gate
 
     gate = large_decode_gate()
     with gate(LARGE_DECODE_PIXELS + 1):
@@ -379,7 +379,7 @@ def test_large_decodes_take_turns_and_small_ones_do_not():
 def test_scan_lists_without_opening_and_parse_shard_validates(tmp_path):
     make_image(tmp_path / "b.jpg")
     make_image(tmp_path / "a" / "c.jpg")
-    assert [e.rel for e in scan_folder(tmp_path)] == ["a/c.jpg", "b.jpg"]
+    assert LocalSource(str(tmp_path)).list().paths == ["a/c.jpg", "b.jpg"]
     assert parse_shard("2/5") == (2, 5)
     for bad in ("5/5", "x", "1/0", "-1/3"):
         with pytest.raises(CatdogError):

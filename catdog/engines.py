@@ -1,0 +1,85 @@
+"""Who scores the files: the local engine (decode threads a few batches ahead of one model) and the pieces
+every engine shares. The Ray engine (catdog.ray_engine) runs the same `decode` and `score_batch` in its actors.
+
+An engine takes a source and a listing and yields, in listing order, batches of `Scored` rows:
+(rel, p_dog, None) for an image, (rel, None, reason) for a file that could not be used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+
+import numpy as np
+
+from catdog.cpus import usable_cpus
+from catdog.images import ImageError, describe_error, load_image
+from catdog.runtime import Predictor
+from catdog.sources import Listing, Source
+
+Scored = tuple[str, float | None, str | None]
+Decoded = np.ndarray | str
+
+LARGE_DECODE_PIXELS = 16_000_000
+
+
+def large_decode_gate() -> Callable[[int], AbstractContextManager]:
+    """A gate for `load_image` that lets one decode of over LARGE_DECODE_PIXELS run at a time, so memory
+    stays near threads x 16 Mpx + one image at the pixel limit, however many cores decode."""
+    large = threading.Lock()
+    return lambda pixels: large if pixels > LARGE_DECODE_PIXELS else nullcontext()
+
+
+def decode(
+    source: Source, rel: str, problem: str | None, size: int, max_pixels: int,
+    gate: Callable[[int], AbstractContextManager] | None = None,
+) -> Decoded:
+    """The image as the model takes it, or the one-line reason it cannot be used."""
+    if problem:
+        return problem
+    try:
+        return load_image(source.read(rel), size, max_pixels, gate)
+    except ImageError as exc:
+        return str(exc)
+    except OSError as exc:  # an object that vanished or could not be fetched
+        return describe_error(exc)
+
+
+def score_batch(rels: Sequence[str], decoded: Sequence[Decoded], predictor: Predictor) -> list[Scored]:
+    """One model call over the decoded images of a batch; the others keep their reasons."""
+    arrays = [d for d in decoded if isinstance(d, np.ndarray)]
+    scores = iter(predictor.predict(np.stack(arrays)) if arrays else ())
+    return [(rel, float(next(scores)), None) if isinstance(d, np.ndarray) else (rel, None, d) for rel, d in zip(rels, decoded)]
+
+
+def score_local(
+    source: Source, listing: Listing, predictor: Predictor, batch_size: int,
+    workers: int | None = None, max_pixels: int | None = None,
+) -> Iterator[list[Scored]]:
+    """Yield batches in listing order. Decoding runs on a thread pool (Pillow releases the GIL) up to two
+    batches ahead of the model. `workers` defaults to the CPUs this process may use; `max_pixels` to the
+    limit the model was trained with (meta.json)."""
+    size = predictor.meta.image_size
+    max_pixels = predictor.meta.max_pixels if max_pixels is None else max_pixels
+    gate = large_decode_gate()
+    paths, problems = listing.paths, listing.problems
+
+    with ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool:
+        pending: deque[tuple[list[str], list[Future]]] = deque()
+        try:
+            for start in range(0, len(paths), batch_size):
+                rels = paths[start : start + batch_size]
+                futures = [pool.submit(decode, source, rel, problems.get(rel), size, max_pixels, gate) for rel in rels]
+                pending.append((rels, futures))
+                if len(pending) > 2:
+                    rels, futures = pending.popleft()
+                    yield score_batch(rels, [f.result() for f in futures], predictor)
+            while pending:
+                rels, futures = pending.popleft()
+                yield score_batch(rels, [f.result() for f in futures], predictor)
+        except BaseException:  # Ctrl-C or an abandoned generator: drop the queued decodes, don't finish them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise

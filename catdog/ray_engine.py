@@ -1,0 +1,164 @@
+"""The Ray engine: the driver's listing is handed to Ray Data, scored by an actor pool, and read back in order.
+
+Each actor loads the bundle once (shipped through the object store, so nodes need no copy of it), decodes
+with `catdog.engines.decode` (the same `load_image` as training) on as many threads as the CPUs Ray gives
+it, and returns, for every input row, its index, p_dog or its one-line reason. The driver checks that the
+indices come back complete and in order before any row reaches the CSV, so a run never writes a CSV with
+missing rows. `ray.data.read_images` is not used: one corrupt file would fail or drop its whole block.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from catdog.engines import Scored, decode, score_batch
+from catdog.errors import CatdogError
+from catdog.runtime import ModelMeta, resolve_model_file
+from catdog.sources import Listing, LocalSource, Source
+
+if TYPE_CHECKING:
+    from catdog.predict import PredictOptions
+
+BLOCKS_PER_BATCH = 4  # rows per Ray block = batch size x this: small enough to spread, large enough to be cheap
+
+
+def require_ray() -> None:
+    """Fail with one line when Ray Data is not installed."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise CatdogError('--engine ray needs Ray Data: pip install "catdog[ray]" (or pip install "ray[data]")') from None
+
+
+class Labeler:
+    """A Ray Data actor: one model, one small decode pool, called with batches of {"i", "rel", "problem"}."""
+
+    def __init__(self, source: Source, model_name: str, model_bytes: bytes, meta_bytes: bytes, runtime: str, threads: int, max_pixels: int | None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from catdog.engines import large_decode_gate
+        from catdog.runtime import load_predictor
+
+        with tempfile.TemporaryDirectory(prefix="catdog-model-") as tmp:  # LiteRT keeps the model mapped
+            folder = Path(tmp)
+            (folder / model_name).write_bytes(model_bytes)
+            (folder / "meta.json").write_bytes(meta_bytes)
+            self.predictor = load_predictor(folder / model_name, runtime, threads=threads)
+        self.source = source
+        self.size = self.predictor.meta.image_size
+        self.max_pixels = self.predictor.meta.max_pixels if max_pixels is None else max_pixels
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.gate = large_decode_gate()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rels = [bytes(r).decode("utf-8", "surrogateescape") for r in batch["rel"]]
+        problems = [bytes(p).decode("utf-8", "surrogateescape") or None for p in batch["problem"]]
+        decoded = list(self.pool.map(lambda rp: decode(self.source, rp[0], rp[1], self.size, self.max_pixels, self.gate), zip(rels, problems)))
+        scored = score_batch(rels, decoded, self.predictor)
+        return {
+            "i": np.asarray(batch["i"], dtype=np.int64),
+            "p_dog": np.array([np.nan if p is None else p for _, p, _ in scored], dtype=np.float64),
+            "reason": np.array([(r or "").encode("utf-8", "backslashreplace") for _, _, r in scored], dtype=object),
+        }
+
+
+def _connect(address: str | None) -> None:
+    import ray
+
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # A cluster of our own on this machine: loopback only, no dashboard, no usage report.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    verbose = os.environ.get("CATDOG_LOG_LEVEL", "").lower() == "debug"
+    try:
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=verbose,
+            logging_level=logging.INFO if verbose else logging.ERROR, ignore_reinit_error=True,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise CatdogError(f"cannot connect to the Ray cluster {address or os.environ.get('RAY_ADDRESS') or '(local)'}: {' '.join(str(exc).split())[:200]}") from None
+    if not verbose:
+        for name in ("ray", "ray.data", "ray._private"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _dataset(listing: Listing, batch_size: int):
+    import pyarrow as pa
+    import ray.data
+
+    rows = batch_size * BLOCKS_PER_BATCH
+    paths, problems = listing.paths, listing.problems
+    tables = []
+    for start in range(0, len(paths), rows):
+        chunk = paths[start : start + rows]
+        tables.append(pa.table({
+            "i": pa.array(range(start, start + len(chunk)), pa.int64()),
+            "rel": pa.array([r.encode("utf-8", "surrogateescape") for r in chunk], pa.binary()),
+            "problem": pa.array([problems.get(r, "").encode("utf-8", "surrogateescape") for r in chunk], pa.binary()),
+        }))
+    return ray.data.from_arrow(tables)
+
+
+def score_ray(source: Source, listing: Listing, model: Path, meta: ModelMeta, options: PredictOptions) -> Iterator[list[Scored]]:
+    """Yield batches in listing order, scored on the Ray cluster of `options.ray.address`."""
+    if not listing.paths:
+        return
+    import ray
+    import ray.data
+
+    model_file, runtime = resolve_model_file(model, options.runtime)
+    if runtime != "litert":
+        raise CatdogError("--engine ray runs the bundle's model.tflite with LiteRT: give a bundle with model.tflite (or --runtime litert)")
+    if isinstance(source, LocalSource):  # the actors' working folder is not the driver's
+        source = LocalSource(source.describe())
+    _connect(options.ray.address)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False
+        cpus = options.ray.cpus_per_actor
+        actors = options.ray.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
+        scored = _dataset(listing, options.batch_size).map_batches(
+            Labeler,
+            fn_constructor_kwargs={
+                "source": source, "model_name": model_file.name, "model_bytes": model_file.read_bytes(),
+                "meta_bytes": (model_file.parent / "meta.json").read_bytes(), "runtime": runtime, "threads": cpus,
+                "max_pixels": options.max_pixels,
+            },
+            batch_size=options.batch_size,
+            batch_format="numpy",
+            zero_copy_batch=True,
+            num_cpus=cpus,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            # A worker process that dies is replaced and its batch run again.
+            max_restarts=4,
+            max_task_retries=4,
+        )
+        expected = 0
+        try:
+            for out in scored.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                indices = out["i"]
+                if len(indices) and not np.array_equal(indices, np.arange(expected, expected + len(indices))):
+                    raise CatdogError(f"the Ray engine returned rows out of order at row {expected}; progress is kept: rerun with --resume")
+                rows = []
+                for i, p, reason in zip(indices, out["p_dog"], out["reason"]):
+                    text = bytes(reason).decode("utf-8")
+                    rows.append((listing.paths[i], None, text) if text else (listing.paths[i], float(p), None))
+                expected += len(indices)
+                yield rows
+        except CatdogError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a task that failed after its retries ends the run, rows kept
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise CatdogError(f"the Ray run failed after {expected} rows ({reason}); progress is kept: rerun with --resume") from None
+        if expected != len(listing.paths):
+            raise CatdogError(f"the Ray engine returned {expected} of {len(listing.paths)} rows; progress is kept: rerun with --resume")
+    finally:
+        ray.shutdown()

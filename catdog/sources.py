@@ -1,0 +1,263 @@
+"""Where the files to label come from: a local folder or an S3 prefix. Each lists (without opening) and reads.
+
+A listing is a sorted list of relative paths ("/"-separated) plus the few problems known without reading
+a file (broken symlink, FIFO, ...). Only the path text is kept per file, so ten million files cost little
+more than their names; full paths are built when a file is read. Sources are small picklable values, so
+a Ray actor on another node rebuilds the same source from them.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from catdog.errors import CatdogError
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files to label, in order, and the reasons some cannot be read, known from listing alone."""
+
+    paths: list[str]
+    problems: Mapping[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def only(self, paths: list[str]) -> Listing:
+        """The same listing cut down to `paths` (a filtered copy of `self.paths`)."""
+        return Listing(paths, self.problems)
+
+
+class Source(Protocol):
+    def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
+        """Every file, sorted by relative path; `skip(real_path)` leaves out (local) files such as the run's own CSV."""
+
+    def read(self, rel: str) -> str | bytes:
+        """What `catdog.images.load_image` takes for that file: a local path, or the object's bytes."""
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The file's bytes; OSError (FileNotFoundError when it is gone) if it cannot be read."""
+
+    def describe(self) -> str:
+        """The source as a user would write it: an absolute folder path or s3://bucket/prefix."""
+
+
+def _special(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+    return f"not a regular file ({kind.get(stat.S_IFMT(mode), 'special file')})"
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    root: str
+
+    def describe(self) -> str:
+        return os.path.abspath(self.root)
+
+    def read(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with open(os.path.join(self.root, rel), "rb") as fh:
+            return fh.read()
+
+    def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
+        """Hidden files included. Symlinked files are followed; symlinked folders too unless `follow_links` is
+        off (then each is an error row). Each real folder is entered once, remembered by (st_dev, st_ino), so a
+        loop or a second link to a listed folder gives one error row instead of hanging or doubling rows.
+        Children are visited in sorted order, so which link "wins" is the same on every run and machine."""
+        root = self.root
+        try:
+            top = os.stat(root)
+        except OSError:
+            raise CatdogError(f"folder not found: {root}") from None
+        if not stat.S_ISDIR(top.st_mode):
+            raise CatdogError(f"not a folder: {root}")
+        paths: list[str] = []
+        problems: dict[str, str] = {}
+        seen = {(top.st_dev, top.st_ino): "."}
+
+        def bad(rel: str, reason: str) -> None:
+            paths.append(rel)
+            problems[rel] = reason
+
+        stack = [(root, "")]
+        while stack:
+            folder, prefix = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    children = sorted(it, key=lambda c: c.name)
+                real_folder = os.path.realpath(folder)
+            except OSError as exc:
+                if not prefix:
+                    raise CatdogError(f"cannot read folder {root}: {exc.strerror or exc}") from None
+                bad(prefix.rstrip("/"), f"cannot list folder: {exc.strerror or exc}")
+                continue
+            subfolders = []
+            for child in children:
+                rel = prefix + child.name
+                try:
+                    if skip is not None and not child.is_dir(follow_symlinks=False) and skip(os.path.join(real_folder, child.name)):
+                        continue
+                    link = child.is_symlink()
+                    if link:
+                        try:
+                            st = os.stat(child.path)
+                        except OSError as exc:
+                            bad(rel, "symlink loop" if exc.errno == errno.ELOOP else "broken symlink")
+                            continue
+                    else:
+                        st = child.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        if link and not follow_links:
+                            bad(rel, "symlink to a folder (not followed)")
+                            continue
+                        if not recursive:
+                            continue
+                        first = seen.setdefault((st.st_dev, st.st_ino), rel)
+                        if first != rel:
+                            where = "the labeled folder itself" if first == "." else first
+                            bad(rel, f"{'symlink to a' if link else 'a'} folder already listed ({where})")
+                            continue
+                        subfolders.append((child.path, rel + "/"))
+                    else:
+                        problem = _special(st.st_mode)
+                        if problem:
+                            bad(rel, problem)
+                        else:
+                            paths.append(rel)
+                except OSError as exc:
+                    bad(rel, f"cannot stat: {exc.strerror or exc}")
+            stack.extend(reversed(subfolders))
+        paths.sort()
+        return Listing(paths, problems)
+
+
+@dataclass(frozen=True)
+class S3Source:
+    """Objects under s3://bucket/prefix on any S3-compatible store (s3fs; credentials, region and endpoint from
+    the standard AWS environment variables and config files, or `endpoint_url`)."""
+
+    bucket: str
+    prefix: str  # "" or ending in "/"
+    endpoint_url: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, endpoint_url: str | None = None) -> S3Source:
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        if not bucket:
+            raise CatdogError(f"invalid S3 source {url!r}: expected s3://bucket/prefix")
+        prefix = prefix.strip("/")
+        return cls(bucket, prefix + "/" if prefix else "", endpoint_url)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def _fs(self):
+        return _s3_filesystem(self.endpoint_url)
+
+    def read(self, rel: str) -> bytes:
+        return self.read_bytes(rel)
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return self._fs().cat_file(f"{self.bucket}/{self.prefix}{rel}")
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - botocore and aiohttp errors: the object could not be read
+            raise OSError(" ".join(str(exc).split()) or type(exc).__name__) from exc
+
+    def _pages(self, recursive: bool) -> Iterator[list[dict]]:
+        fs = self._fs()
+        args = {"Bucket": self.bucket, "Prefix": self.prefix, **({} if recursive else {"Delimiter": "/"})}
+        while True:
+            try:
+                page = fs.call_s3("list_objects_v2", **args)
+            except Exception as exc:  # noqa: BLE001 - any failure here means the source cannot be listed
+                raise CatdogError(f"cannot list {self.describe()}: {_s3_reason(exc)}") from None
+            yield page.get("Contents", [])
+            if not page.get("IsTruncated"):
+                return
+            args["ContinuationToken"] = page["NextContinuationToken"]
+
+    def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
+        """Streamed page by page (1,000 keys each): only the relative key texts are kept."""
+        paths: list[str] = []
+        cut = len(self.prefix)
+        for page in self._pages(recursive):
+            paths.extend(key[cut:] for obj in page if not (key := obj["Key"]).endswith("/"))
+        if not paths:
+            raise CatdogError(f"no objects found under {self.describe()}")
+        paths.sort()
+        return Listing(paths)
+
+
+def _s3_reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such bucket"
+    if isinstance(exc, PermissionError):
+        return "access denied (check the AWS credentials)"
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+_FILESYSTEMS: dict[str | None, object] = {}
+
+
+def _s3_filesystem(endpoint_url: str | None):
+    """One s3fs filesystem per endpoint and process, with short retries so a dead endpoint fails in seconds."""
+    fs = _FILESYSTEMS.get(endpoint_url)
+    if fs is None:
+        try:
+            import s3fs
+        except ImportError:
+            raise CatdogError('S3 sources need s3fs: pip install s3fs (or ".[s3]")') from None
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        fs = s3fs.S3FileSystem(
+            endpoint_url=endpoint,
+            config_kwargs={"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
+            skip_instance_cache=True,
+        )
+        _FILESYSTEMS[endpoint_url] = fs
+    return fs
+
+
+def open_source(spec: str | Path, s3_endpoint_url: str | None = None) -> Source:
+    """A folder path, or an s3://bucket/prefix URL."""
+    text = str(spec)
+    if text.startswith("s3://"):
+        return S3Source.parse(text, s3_endpoint_url)
+    return LocalSource(text)
+
+
+def shard_of(rel: str, count: int) -> int:
+    """A stable shard number in [0, count) for a relative path (same on every machine and run)."""
+    digest = hashlib.blake2b(rel.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' with 0 <= K < N."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise CatdogError(f"invalid --shard {text!r}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise CatdogError(f"invalid --shard {text!r}: need 0 <= K < N")
+    return k, n
+
+
+def files_digest(paths: list[str]) -> str:
+    """A digest of the relative paths to label: resuming is only exact when they have not changed."""
+    digest = hashlib.blake2b(digest_size=16)
+    for rel in paths:
+        digest.update(rel.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
