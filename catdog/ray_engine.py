@@ -78,8 +78,10 @@ def _connect(address: str | None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     verbose = os.environ.get("CATDOG_LOG_LEVEL", "").lower() == "debug"
     try:
+        # The driver's AWS settings (credentials, region, endpoint) reach the actors that read S3 objects.
+        aws = {key: value for key, value in os.environ.items() if key.startswith("AWS_")}
         ray.init(
-            address=address, include_dashboard=False, log_to_driver=verbose,
+            address=address, include_dashboard=False, log_to_driver=verbose, runtime_env={"env_vars": aws} if aws else None,
             logging_level=logging.INFO if verbose else logging.ERROR, ignore_reinit_error=True,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
