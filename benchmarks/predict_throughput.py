@@ -154,23 +154,53 @@ def run_cli(folder: Path, model_dir: Path, out: Path, extra: list[str] = ()) -> 
 
 
 def path_list_mib(folder: Path) -> float:
-    """Python heap taken by predict's path list (scan_folder) for `folder`, in MiB."""
-    from catdog.predict import scan_folder
+    """Python heap taken by predict's path list (LocalSource.list) for `folder`, in MiB."""
+    from catdog.sources import LocalSource
 
     gc.collect()
     tracemalloc.start()
-    entries = scan_folder(folder)
+    listing = LocalSource(str(folder)).list()
     current, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    del entries
+    del listing
     return current / 2**20
+
+
+LISTING_PROBE = """
+import resource, sys, time, tracemalloc
+from catdog.sources import LocalSource
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tracemalloc.start()
+started = time.perf_counter()
+listing = LocalSource(sys.argv[1]).list()
+seconds = time.perf_counter() - started
+current, peak = tracemalloc.get_traced_memory()
+text = sum(len(p) for p in listing.paths)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(listing), text, current, peak, (after - before) * 1024, seconds)
+"""
+
+
+def listing_cost(n: int, root: Path) -> dict:
+    """List `n` generated empty files (1,000 per folder) in a fresh process, no decode: what the driver keeps per
+    file beyond the path text (tracemalloc, after listing), its peak during the listing, and the RSS growth."""
+    per_folder = 1000
+    for i in range(0, n, per_folder):
+        folder = root / f"d{i // per_folder:05d}"
+        folder.mkdir(parents=True)
+        for j in range(min(per_folder, n - i)):
+            os.close(os.open(folder / f"photo_{i + j:08d}.jpg", os.O_CREAT | os.O_WRONLY, 0o644))
+    out = subprocess.run([sys.executable, "-c", LISTING_PROBE, str(root)], capture_output=True, text=True, check=True).stdout.split()
+    files, text, current, peak, rss, seconds = int(out[0]), int(out[1]), int(out[2]), int(out[3]), int(out[4]), float(out[5])
+    return {"files": files, "text_b": text / files, "kept_b": (current - text) / files, "peak_b": (peak - text) / files,
+            "rss_mib": rss / 2**20, "seconds": seconds}
 
 
 # --------------------------------------------------------------------------------------- profile
 
 
 def score_ahead(entries, predictor, batch_size: int, workers: int, ahead: int):
-    """A copy of catdog.predict.score_files with the prefetch depth as a knob (catdog uses ahead=2)."""
+    """A copy of catdog.engines.score_local with the prefetch depth as a knob (catdog uses ahead=2)."""
     from collections import deque
 
     from catdog.images import load_image
@@ -179,7 +209,7 @@ def score_ahead(entries, predictor, batch_size: int, workers: int, ahead: int):
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = deque()
         for i in range(0, len(entries), batch_size):
-            pending.append(pool.map(lambda e: load_image(e.path, size), entries[i : i + batch_size]))
+            pending.append(pool.map(lambda e: load_image(e, size), entries[i : i + batch_size]))
             if len(pending) > ahead:
                 yield predictor.predict(np.stack(list(pending.popleft())))
         while pending:
@@ -188,10 +218,16 @@ def score_ahead(entries, predictor, batch_size: int, workers: int, ahead: int):
 
 def profile(files: list[Path], model_dir: Path, size: int, batch_arrays: list[np.ndarray], repeats: int) -> list[tuple[str, float, float, float]]:
     """In-process labeling variants (decode threads, LiteRT threads, batch size, prefetch depth): best, median images/s, CPU s/image."""
-    from catdog.predict import Entry, score_files
+    from catdog.engines import score_local
     from catdog.runtime import load_predictor
+    from catdog.sources import Listing, LocalSource
 
-    entries = [Entry(str(p), p) for p in files]
+    entries = [str(p) for p in files]
+    source, listing = LocalSource("/"), Listing(entries)
+
+    def score_files(_entries, predictor, batch, workers):
+        return score_local(source, listing, predictor, batch, workers)
+
     cores = os.cpu_count() or 1
     variants = [
         ("score_files as shipped: workers={c} litert_threads={c} batch=64 ahead=2", "sf", cores, cores, 64, 2),
@@ -242,6 +278,7 @@ def main() -> None:
     ap.add_argument("--baseline-files", type=int, default=200, help="files the slow baseline loop is timed on (default 200)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of B, C and D; best and median reported (default 3)")
     ap.add_argument("--zip", type=Path, default=DEFAULT_ZIP, help="photo archive (default: the shared cats_and_dogs_3k.zip)")
+    ap.add_argument("--listing-files", type=int, default=1_000_000, help="generated empty files for the listing-cost row (default 1,000,000; 0 skips)")
     ap.add_argument("--profile", action="store_true", help="also time in-process labeling variants (threads, batch, prefetch)")
     args = ap.parse_args()
 
@@ -295,6 +332,12 @@ def main() -> None:
             log(f"   {args.big_files / big['wall']:.1f} images/s, peak RSS {big['rss_mib']:.0f} MiB")
             paths_small, paths_big = path_list_mib(main_dir), path_list_mib(big_dir)
 
+        listing = None
+        if args.listing_files:
+            log(f"listing {args.listing_files:,} generated files ...")
+            listing = listing_cost(args.listing_files, tmp / "listing")
+            shutil.rmtree(tmp / "listing", ignore_errors=True)
+
         prof = profile(files[:1500], model_dir, size, batch_arrays, args.repeats) if args.profile else []
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -342,6 +385,11 @@ def main() -> None:
         print(f"{'':<30} {args.big_files:>7} {big['rss_mib']:>8.0f} {paths_big:>14.1f}")
         print(f"RSS growth {growth:+.0f} MiB for {args.big_files / n:.0f}x the files; the path list accounts for "
               f"{paths_big - paths_small:+.0f} MiB; beyond it {excess:+.0f} MiB  {'OK (bounded)' if excess <= 20 else 'GROWS'}")
+    if listing:
+        print()
+        print(f"listing {listing['files']:,} generated files, no decode ({listing['seconds']:.1f} s): path text {listing['text_b']:.0f} B/file; "
+              f"kept beyond it {listing['kept_b']:.0f} B/file (peak while listing {listing['peak_b']:.0f}); "
+              f"RSS growth {listing['rss_mib']:.0f} MiB   target <= 150 B/file  {'MET' if listing['kept_b'] <= 150 else 'MISSED'}")
     if prof:
         print()
         print(f"{f'profile: in-process labeling of {min(n, 1500)} files':<72} {'best/s':>8} {'median/s':>9} {'CPU ms/img':>11}")

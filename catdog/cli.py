@@ -27,6 +27,17 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+@app.callback()
+def _global_options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show TensorFlow's and LiteRT's own log lines (or set CATDOG_LOG_LEVEL=debug).")
+    ] = False,
+) -> None:
+    from catdog.logs import configure
+
+    configure(verbose)
+
+
 @app.command()
 def fetch(
     params: ParamsOpt,
@@ -104,29 +115,35 @@ def evaluate(
 
 @app.command("predict-folder")
 def predict_folder(
-    folder: Annotated[Path, typer.Argument(help="Folder of images to label.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Folder of images to label, or an s3://bucket/prefix.")],
     model: Annotated[Path, typer.Option(envvar="CATDOG_MODEL", help="Model bundle folder, or its model.tflite / model.keras.")],
     out: Annotated[Path, typer.Option(help="CSV to write: path,label,p_dog,status,error.")],
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
     threshold: Annotated[Optional[float], typer.Option(help="p_dog at or above which the label is dog [default: the model's].")] = None,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Label files in subfolders too.")] = True,
+    follow_links: Annotated[bool, typer.Option("--follow-links/--no-follow-links", help="Enter symlinked folders (each real folder once).")] = True,
     shard: Annotated[str, typer.Option(help="Label only shard K of N (0 <= K < N), chosen by a stable hash of each path.")] = "0/1",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its saved progress.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing CSV at --out.")] = False,
     runtime: Annotated[str, typer.Option(help="auto (LiteRT if available), litert or keras.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding threads [default: all cores].")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding threads of the local engine [default: the CPUs this process may use].")] = None,
+    engine: Annotated[str, typer.Option(help="local (threads on this machine) or ray (a Ray cluster).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join [default: $RAY_ADDRESS, else a new local one].")] = None,
+    ray_cpus_per_actor: Annotated[int, typer.Option(min=1, help="CPUs (LiteRT and decode threads) per Ray actor.")] = 1,
+    ray_actors: Annotated[Optional[int], typer.Option(min=1, help="Ray actors at most [default: the cluster's CPUs / CPUs per actor].")] = None,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources [default: AWS's].")] = None,
 ) -> None:
-    """Label every file under FOLDER as cat or dog into a CSV; bad files get status 'error' and a reason."""
-    from catdog.predict import parse_shard, progress_path
-    from catdog.predict import predict_folder as run
-    from catdog.runtime import load_predictor
+    """Label every file under SOURCE as cat or dog into a CSV; bad files get status 'error' and a reason."""
+    from catdog.predict import PredictOptions, RayOptions, parse_shard, predict, progress_path
 
-    shard_k_n = parse_shard(shard)
+    options = PredictOptions(
+        source=source, model=model, out=out, batch_size=batch_size, threshold=threshold, recursive=recursive,
+        follow_links=follow_links, shard=parse_shard(shard), resume=resume, overwrite=overwrite, runtime=runtime,
+        engine=engine, workers=workers, s3_endpoint_url=s3_endpoint_url,
+        ray=RayOptions(address=ray_address, cpus_per_actor=ray_cpus_per_actor, actors=ray_actors),
+    )
     try:
-        summary = run(
-            folder, load_predictor(model, runtime), model, out, batch_size, threshold, recursive,
-            shard_k_n, resume, overwrite, workers,
-        )
+        summary = predict(options)
     except KeyboardInterrupt:
         saved = progress_path(out)
         hint = f"progress kept in {saved}; rerun with --resume to continue" if saved.exists() else "nothing labeled yet"
@@ -138,6 +155,43 @@ def predict_folder(
         f"labeled {total} files{earlier}: {summary.ok} ok, {summary.error} error "
         f"in {summary.seconds:.1f}s ({summary.rate:.1f} images/s) -> {summary.out}"
     )
+
+
+@app.command()
+def report(
+    labels: Annotated[Path, typer.Argument(metavar="LABELS_CSV", help="The labels CSV written by predict-folder.")],
+    images: Annotated[str, typer.Option(metavar="SOURCE", help="The folder (or s3://bucket/prefix) the CSV was made from.")],
+    out: Annotated[Path, typer.Option(help="HTML file to write (one self-contained page).")],
+    model: Annotated[Optional[Path], typer.Option(envvar="CATDOG_MODEL", help="Model bundle the CSV was made with: its threshold and name.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Threshold to mark and measure uncertainty from [default: the model's, else 0.5].")] = None,
+    max_images: Annotated[int, typer.Option(min=0, max=1000, help="Thumbnails to show in all: 2/5 the most uncertain, the rest a sample per label.")] = 240,
+    seed: Annotated[int, typer.Option(help="Seed of the random sample per label (the same CSV and seed give the same page).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file at --out.")] = False,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources [default: AWS's].")] = None,
+) -> None:
+    """Write an HTML report of a labels CSV: counts, p_dog histogram, uncertain images, samples, errors."""
+    from catdog.report import ReportOptions, write_report
+
+    options = ReportOptions(
+        threshold=threshold, model=model, max_images=max_images, seed=seed, overwrite=overwrite, s3_endpoint_url=s3_endpoint_url,
+    )
+    result = write_report(labels, images, out, options)
+    unreadable = f", {result.unreadable} of them unreadable now" if result.unreadable else ""
+    _say(f"report of {result.rows} rows ({result.ok} ok, {result.error} error), {result.shown} images shown{unreadable} -> {result.out}")
+
+
+@app.command("merge-labels")
+def merge_labels(
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The merged CSV to write.")],
+    shards: Annotated[list[Path], typer.Argument(metavar="SHARD_CSV...", help="The CSVs of `predict-folder --shard K/N`, K = 0..N-1, in any order.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file at OUT.")] = False,
+) -> None:
+    """Merge the shard CSVs of one sharded run into the CSV an unsharded run writes, checking every shard."""
+    from catdog.merge import MergeOptions
+    from catdog.merge import merge_labels as run
+
+    summary = run(MergeOptions(out=out, shards=tuple(shards), overwrite=overwrite))
+    _say(f"merged {summary.shards} shards of {summary.source}: {summary.rows} rows ({summary.ok} ok, {summary.error} error) -> {summary.out}")
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def _cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
+def cgroup_quota(root: Path = CGROUP_ROOT, membership: Path = Path("/proc/self/cgroup")) -> float | None:
     """CPUs allowed by the cgroup v2 `cpu.max` of this process's cgroup and its ancestors (the tightest), if any."""
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = membership.read_text().splitlines()
     except OSError:
         return None
     relative = next((line[3:] for line in lines if line.startswith("0::")), None)
@@ -43,7 +43,7 @@ def usable_cpus() -> int:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         count = os.cpu_count() or 1
-    quota = _cgroup_quota()
+    quota = cgroup_quota()
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
     return max(1, count)

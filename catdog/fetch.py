@@ -2,7 +2,9 @@
 
 Sources are http(s) URLs, file:// URLs or local paths. Downloads go to a `.part` file (resumed with
 HTTP Range and If-Range after a dropped connection), are checked against the expected sha256, and only
-then renamed into the download folder, with a small JSON record of sha256 and size beside them.
+then renamed into the download folder, with a small JSON record of sha256 and size beside them. Each
+source has its own name there (a digest of its URL, then its file name), so two sources whose URLs end
+alike never share a cached copy.
 Extraction rejects unsafe entries, bounds size and entry count, and swaps the new tree in whole.
 """
 
@@ -75,6 +77,14 @@ def file_name(url: str) -> str:
     if not name:
         raise CatdogError(f"source {url!r} does not name a file")
     return name
+
+
+def cache_name(url: str) -> str:
+    """The download folder's name for a source: `<digest12>-<file name>`, the digest of its URL (of the absolute
+    path for a local source), so `.../content?id=1` and `.../content?id=2`, or two local files named `file`, differ."""
+    local = _local_path(url)
+    key = os.fsencode(local.absolute()) if local is not None else url.encode("utf-8", "surrogatepass")
+    return f"{hashlib.sha256(key).hexdigest()[:12]}-{file_name(url)}"
 
 
 def sha256_of(path: Path) -> str:
@@ -155,7 +165,7 @@ def _http_download(url: str, part: Path, timeout_s: float, retries: int, backoff
                 length = resp.headers.get("Content-Length")
                 total = have + int(length) if length is not None else None
                 with open(part, "ab" if resumed else "wb") as fh, progress_bar(
-                    f"download {part.name.removesuffix('.part')}", total, "bytes"
+                    f"download {file_name(url)}", total, "bytes"
                 ) as advance:
                     if not resumed:  # saved only once the old partial is emptied, so it never describes other bytes
                         _save_resume_state(state, url, resp.headers)
@@ -189,7 +199,7 @@ def _http_download(url: str, part: Path, timeout_s: float, retries: int, backoff
 def download(source: Source, downloads: Path, timeout_s: float = 30.0, retries: int = 4, backoff_s: float = 1.0) -> Fetched:
     """Get `source` into `downloads/`, verified; reuse a previous download whose record matches."""
     downloads.mkdir(parents=True, exist_ok=True)
-    name = file_name(source.url)
+    name = cache_name(source.url)
     final = downloads / name
     record = _record_of(final)
     expected = source.sha256.lower() if source.sha256 else None
@@ -361,12 +371,11 @@ def fetch(params: FetchParams, dataset_out: Path, weights_out: Path, downloads: 
     try:
         extract_archive(dataset.path, dataset_out, params.max_bytes, params.max_files)
     except CorruptArchive:
-        # Otherwise every rerun would reuse the bad cached copy: drop it so the next run fetches it again,
-        # unless the "copy" is the user's source file itself (a local source inside the download folder).
-        source = _local_path(params.dataset.url)
-        if source is None or not (source.exists() and os.path.samefile(source, dataset.path)):
-            _record_of(dataset.path).unlink(missing_ok=True)
-            dataset.path.unlink(missing_ok=True)
+        # Otherwise every rerun would reuse the bad cached copy: drop it so the next run fetches it again.
+        # It is always catdog's own copy, never the user's file, even for a local source inside the
+        # download folder: the copy's name starts with the digest of the source's path.
+        _record_of(dataset.path).unlink(missing_ok=True)
+        dataset.path.unlink(missing_ok=True)
         raise
     with atomic_path(weights_out) as tmp:
         shutil.copyfile(weights.path, tmp)

@@ -109,6 +109,9 @@ class LocalSource:
                     if skip is not None and not child.is_dir(follow_symlinks=False) and skip(os.path.join(real_folder, child.name)):
                         continue
                     link = child.is_symlink()
+                    if not link and child.is_file(follow_symlinks=False):  # the common case: no stat call
+                        paths.append(rel)
+                        continue
                     if link:
                         try:
                             st = os.stat(child.path)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from catdog.cpus import usable_cpus
 from catdog.errors import CatdogError
 from catdog.fsutil import write_json, write_text
 from catdog.images import inspect_file
@@ -121,7 +122,7 @@ def split_dataset(root: Path, params: SplitParams, seed: int, workers: int | Non
 
     check = partial(inspect_file, max_pixels=params.max_pixels)
     paths = [root / c.path for c in candidates]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cpus()
     results = []
     with ProcessPoolExecutor(max_workers=workers) as pool, progress_bar("validate images", len(paths)) as advance:
         for result in pool.map(check, paths, chunksize=16):
@@ -162,8 +163,8 @@ def split_dataset(root: Path, params: SplitParams, seed: int, workers: int | Non
         test = held_out
     else:
         test, pool_ = _stratified_take(pool_, params.test_fraction, rng)
-    val_fraction = params.val_fraction if held_out else params.val_fraction / (1 - params.test_fraction)
-    val, train = _stratified_take(pool_, val_fraction, rng)
+    # val_fraction is of the training pool (what the test split leaves), with or without a held-out folder.
+    val, train = _stratified_take(pool_, params.val_fraction, rng)
     for name, rows in (("train", train), ("val", val), ("test", test)):
         result.manifests[name] = sorted((c.path, c.label) for c in rows)
         if not rows:

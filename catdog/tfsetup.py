@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 
 def import_tf():
-    """Import TensorFlow with its C++ logging quieted; returns the module."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    """Import TensorFlow with its log lines quieted (see catdog.logs); returns the module."""
+    from catdog import logs
 
+    logs.configure()
+    with logs.native_stderr_filtered():
+        import tensorflow as tf
+    if not logs.is_verbose():
+        tf.get_logger().setLevel("ERROR")  # Python-side warnings such as tf.function retracing notes
     return tf
 
 

@@ -1,8 +1,10 @@
 """Training: seeded, deterministic fit with early stopping and dvclive logs; saves the model bundle.
 
 The bundle (a folder) holds `model.keras`, the LiteRT export `model.tflite`, and `meta.json` with
-the class names, image size, the decision threshold chosen on the val split, the training params
-and the model's cost (parameters, FLOPs per image).
+the class names, image size, the decision threshold chosen on the val split, the training params,
+the model's cost (parameters, FLOPs per image) and which phase gave the exported weights. The
+exported weights are the best by val loss over the whole run: fine-tuning that never beats the
+frozen phase's best epoch is undone.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ class _LiveLogger(keras.callbacks.Callback):
             if name in ("loss", "accuracy"):
                 self.live.log_metric(f"{'eval' if key.startswith('val_') else 'train'}/{name}", float(value))
         self.live.next_step()
+
+
+def _best_loss(stop: keras.callbacks.EarlyStopping) -> float:
+    """The best val loss early stopping saw in its fit (the weights it restored); inf if none was a number."""
+    best = stop.best
+    return math.inf if best is None or math.isnan(best) else float(best)
 
 
 def _labelled(rows: list[tuple[str, str]], images: Path) -> tuple[list[Path], list[int]]:
@@ -124,7 +132,8 @@ def train(
 
     steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
 
-    def fit(learning_rate: float, epochs: int, initial_epoch: int) -> int:
+    def fit(learning_rate: float, epochs: int, initial_epoch: int) -> tuple[int, float]:
+        """Train one phase; return the epoch count so far and the phase's best val loss (its weights are kept)."""
         rate = learning_rate
         if cfg.lr_schedule == "cosine":  # decays to zero by the last epoch: calmer val loss late in training
             rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps_per_epoch)
@@ -134,13 +143,21 @@ def train(
             train_ds, validation_data=val_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
             callbacks=[stop, logger], verbose=2, shuffle=False,
         )
-        return initial_epoch + len(history.epoch)
+        return initial_epoch + len(history.epoch), _best_loss(stop)
 
     try:
-        epochs_run = fit(cfg.learning_rate, cfg.epochs, 0)
+        epochs_run, best_loss = fit(cfg.learning_rate, cfg.epochs, 0)
+        best_phase = "frozen" if cfg.model == "mobilenet_v2" else "train"
         if cfg.model == "mobilenet_v2" and cfg.fine_tune_epochs:
+            # Fine-tuning's early stopping starts afresh and knows nothing of the frozen phase's best val loss.
+            frozen = [(variable, variable.numpy()) for variable in model.weights]
             unfreeze_top_blocks(model, cfg.fine_tune_blocks)
-            epochs_run = fit(cfg.fine_tune_learning_rate, cfg.fine_tune_epochs, epochs_run)
+            epochs_run, fine_loss = fit(cfg.fine_tune_learning_rate, cfg.fine_tune_epochs, epochs_run)
+            if fine_loss < best_loss:
+                best_phase, best_loss = "fine_tune", fine_loss
+            else:
+                for variable, value in frozen:
+                    variable.assign(value)
     except tf.errors.OpError as exc:  # e.g. an image that changed on disk since split validated it
         detail = next((line for line in exc.message.splitlines() if "ImageError" in line), exc.message.splitlines()[0])
         raise CatdogError(f"training input failed: {detail.strip()}") from None
@@ -170,6 +187,8 @@ def train(
                 "param_count": int(model.count_params()),
                 "flops_per_image": flops_per_image(model),
                 "epochs_run": epochs_run,
+                "best_phase": best_phase,
+                "best_val_loss": best_loss if math.isfinite(best_loss) else None,
                 "val_metrics": val_metrics,
             },
         )

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -23,7 +24,7 @@ import catdog.fetch as fetch_mod
 from catdog.errors import CatdogError
 from catdog.fetch import Fetched, download, extract_archive, fetch
 from catdog.params import FetchParams, Source
-from conftest import DATASET_SHA256, DATASET_ZIP, REPO, catdog, make_image, make_zip, require_shared, write_params
+from conftest import REPO, catdog, make_image, make_zip, write_params
 
 MB = 1 << 20
 FAST = {"timeout_s": 5.0, "retries": 0, "backoff_s": 0.01}
@@ -68,6 +69,16 @@ def tar_entry(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> t
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.mode = kind, linkname, 0o644
     return info
+
+
+def cached(downloads: Path, url: str) -> Path:
+    """Where the download cache keeps its copy of `url`."""
+    return downloads / fetch_mod.cache_name(url)
+
+
+def record_of(path: Path) -> Path:
+    """The JSON record kept beside a cached copy."""
+    return path.with_name(f"{path.name}.json")
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -235,9 +246,10 @@ def test_changed_local_source_is_copied_again_under_the_same_path(tmp_path, smal
 def test_local_path_is_copied_verified_and_recorded(tmp_path, small_zip):
     expected = sha256(small_zip.read_bytes())
     got = download(Source(url=str(small_zip), sha256=expected), tmp_path / "dl")
-    assert got == Fetched(tmp_path / "dl" / "pets.zip", expected, small_zip.stat().st_size)
+    assert got == Fetched(cached(tmp_path / "dl", str(small_zip)), expected, small_zip.stat().st_size)
+    assert re.fullmatch(r"[0-9a-f]{12}-pets\.zip", got.path.name)  # a digest of the source, then its readable name
     assert got.path.read_bytes() == small_zip.read_bytes()
-    record = json.loads((tmp_path / "dl" / "pets.zip.json").read_text())
+    record = json.loads(record_of(got.path).read_text())
     info = small_zip.stat()
     assert record == {
         "url": str(small_zip), "sha256": expected, "size": info.st_size,
@@ -249,7 +261,7 @@ def test_local_path_is_copied_verified_and_recorded(tmp_path, small_zip):
 def test_file_url_is_copied_and_sha256_recorded_without_a_pin(tmp_path, small_zip):
     got = download(Source(url=small_zip.as_uri()), tmp_path / "dl")
     assert got.path.read_bytes() == small_zip.read_bytes()
-    record = json.loads((tmp_path / "dl" / "pets.zip.json").read_text())
+    record = json.loads(record_of(got.path).read_text())
     assert record["sha256"] == sha256(small_zip.read_bytes()) and record["size"] == small_zip.stat().st_size
 
 
@@ -257,37 +269,61 @@ def test_file_url_is_copied_and_sha256_recorded_without_a_pin(tmp_path, small_zi
 def test_local_path_with_hash_or_question_mark_keeps_its_whole_name(tmp_path, small_zip, name):
     source = write(tmp_path / "src" / name, small_zip.read_bytes())
     got = download(Source(url=str(source)), tmp_path / "dl")
-    assert got.path == tmp_path / "dl" / name and got.path.read_bytes() == small_zip.read_bytes()
-    assert (tmp_path / "dl" / f"{name}.json").exists()
+    assert got.path == cached(tmp_path / "dl", str(source)) and got.path.name.endswith(f"-{name}")
+    assert got.path.read_bytes() == small_zip.read_bytes()
+    assert record_of(got.path).exists()
 
 
 def test_missing_local_source_is_a_clear_error(tmp_path):
     with pytest.raises(CatdogError, match=r"source not found: .*nowhere\.zip"):
         download(Source(url=str(tmp_path / "nowhere.zip")), tmp_path / "dl")
-    assert not (tmp_path / "dl" / "nowhere.zip").exists()
+    assert list((tmp_path / "dl").iterdir()) == []
 
 
-def test_http_download_of_shared_dataset_is_verified_extracted_and_reused(tmp_path, server):
-    zip_path = require_shared(DATASET_ZIP)
-    url = server.serve("cats_and_dogs_3k.zip", body=zip_path)
-    source = Source(url=url, sha256=DATASET_SHA256)
+def test_two_local_files_with_the_same_name_keep_separate_cached_copies(tmp_path):
+    a = write(tmp_path / "a" / "file", b"first source")
+    b = write(tmp_path / "b" / "file", b"second source, another size")
+    got_a = download(Source(url=str(a)), tmp_path / "dl")
+    got_b = download(Source(url=str(b)), tmp_path / "dl")
+    assert got_a.path != got_b.path and got_a.path.name.endswith("-file") and got_b.path.name.endswith("-file")
+    assert got_a.path.read_bytes() == b"first source" and got_b.path.read_bytes() == b"second source, another size"
+    assert download(Source(url=str(a)), tmp_path / "dl") == got_a
+
+
+def test_two_urls_that_end_alike_keep_separate_cached_copies(tmp_path, server):
+    one = server.serve("content?id=1", body=b"record one")
+    two = server.serve("content?id=2", body=b"record two, longer")
+    got_one = download(Source(url=one), tmp_path / "dl", **FAST)
+    got_two = download(Source(url=two), tmp_path / "dl", **FAST)
+    assert got_one.path != got_two.path and got_one.path.name.endswith("-content")
+    assert got_one.path.read_bytes() == b"record one" and got_two.path.read_bytes() == b"record two, longer"
+    # Each copy is still reused: asking for either again makes no request.
+    assert download(Source(url=one), tmp_path / "dl", **FAST) == got_one
+    assert download(Source(url=two), tmp_path / "dl", **FAST) == got_two
+    assert len(server.seen("content?id=1")) == 1 and len(server.seen("content?id=2")) == 1
+
+
+def test_http_download_of_the_real_dataset_is_verified_extracted_and_reused(tmp_path, server, real_dataset):
+    zip_path, sha256 = real_dataset.zip, real_dataset.sha256
+    url = server.serve("real-dataset.zip", body=zip_path)
+    source = Source(url=url, sha256=sha256)
 
     got = download(source, tmp_path / "dl", **FAST)
-    assert got.sha256 == DATASET_SHA256 and got.size == zip_path.stat().st_size
-    record = json.loads((tmp_path / "dl" / "cats_and_dogs_3k.zip.json").read_text())
-    assert record == {"url": url, "sha256": DATASET_SHA256, "size": zip_path.stat().st_size, "source": None}
+    assert got.sha256 == sha256 and got.size == zip_path.stat().st_size
+    record = json.loads(record_of(cached(tmp_path / "dl", url)).read_text())
+    assert record == {"url": url, "sha256": sha256, "size": zip_path.stat().st_size, "source": None}
     assert leftovers(tmp_path / "dl") == []
 
     extract_archive(got.path, tmp_path / "images", max_bytes=4 * 1024**3, max_files=200_000)
     jpgs = list((tmp_path / "images").rglob("*.jpg"))
     assert len(jpgs) == 3000
-    assert len(list((tmp_path / "images" / "cats_and_dogs_3k" / "train" / "cats").glob("*.jpg"))) == 1000
+    assert len(list((tmp_path / "images" / real_dataset.top / "train" / "cats").glob("*.jpg"))) == 1000
     assert leftovers(tmp_path) == []
 
     # A verified download is reused: no second request, same result.
     again = download(source, tmp_path / "dl", **FAST)
     assert again == got
-    assert len(server.seen("cats_and_dogs_3k.zip")) == 1
+    assert len(server.seen("real-dataset.zip")) == 1
 
 
 def test_reuse_without_a_pin_still_makes_no_request(tmp_path, server, small_zip):
@@ -342,7 +378,7 @@ def test_http_404_reports_the_status(tmp_path, server):
     with pytest.raises(CatdogError, match=r"HTTP 404 .*missing\.zip"):
         download(Source(url=f"{server.base}/missing.zip"), tmp_path / "dl", **{**FAST, "retries": 3})
     assert len(server.seen("missing.zip")) == 1  # a 404 is not retried
-    assert not (tmp_path / "dl" / "missing.zip").exists()
+    assert list((tmp_path / "dl").iterdir()) == []
 
 
 def test_server_errors_are_retried_with_backoff_then_succeed(tmp_path, server, small_zip):
@@ -413,7 +449,7 @@ def test_dropped_connection_without_retries_is_an_error_and_moves_nothing(tmp_pa
     url = server.serve("big.bin", body=payload, drop_at=MB)
     with pytest.raises(CatdogError, match=r"failed after 1 attempt: "):
         download(Source(url=url), tmp_path / "dl", **FAST)
-    assert not (tmp_path / "dl" / "big.bin").exists() and not (tmp_path / "dl" / "big.bin.json").exists()
+    assert not cached(tmp_path / "dl", url).exists() and not record_of(cached(tmp_path / "dl", url)).exists()
 
 
 def interrupted_download(server: Server, dl: Path, name: str, body: bytes, drop_at: int = MB, **route) -> str:
@@ -421,7 +457,7 @@ def interrupted_download(server: Server, dl: Path, name: str, body: bytes, drop_
     url = server.serve(name, body=body, drop_at=drop_at, **route)
     with pytest.raises(CatdogError, match="failed after 1 attempt"):
         download(Source(url=url), dl, **FAST)
-    assert (dl / f"{Path(name).name}.part").stat().st_size == drop_at
+    assert Path(f"{cached(dl, url)}.part").stat().st_size == drop_at
     return url
 
 
@@ -435,7 +471,7 @@ def test_partial_file_from_an_earlier_run_is_resumed_if_unchanged(tmp_path, serv
     assert got.path.read_bytes() == payload
     second = server.seen("big.bin")[1]
     assert second["range"] == f"bytes={MB}-" and second["if-range"] in server.routes["/big.bin"].validators()
-    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["big.bin", "big.bin.json"]
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [got.path.name, record_of(got.path).name]
 
 
 def test_partial_of_a_file_that_changed_on_the_server_is_not_spliced(tmp_path, server, payload):
@@ -447,17 +483,24 @@ def test_partial_of_a_file_that_changed_on_the_server_is_not_spliced(tmp_path, s
     assert server.seen("big.bin")[1]["range"] == f"bytes={MB}-"
 
 
-@pytest.mark.parametrize("earlier", ["no-validator", "other-url"])
-def test_partial_that_cannot_be_validated_is_downloaded_from_the_start(tmp_path, server, payload, earlier):
-    if earlier == "no-validator":
-        interrupted_download(server, tmp_path / "dl", "v1/big.bin", payload, etag=None)
-    else:
-        interrupted_download(server, tmp_path / "dl", "v1/big.bin", payload)
+def test_partial_from_an_earlier_run_without_validators_is_downloaded_from_the_start(tmp_path, server, payload):
+    url = interrupted_download(server, tmp_path / "dl", "big.bin", payload, etag=None)
     new = os.urandom(len(payload))
-    url = server.serve("v2/big.bin", body=new, etag=None if earlier == "no-validator" else "auto")
+    server.routes["/big.bin"].body = new  # the server may have changed the file since, and cannot say so
     got = download(Source(url=url), tmp_path / "dl", **FAST)
     assert got.path.read_bytes() == new
+    assert "range" not in server.seen("big.bin")[1]
+
+
+def test_partials_of_two_urls_that_end_alike_are_kept_apart(tmp_path, server, payload):
+    first = interrupted_download(server, tmp_path / "dl", "v1/big.bin", payload)
+    new = os.urandom(len(payload))
+    second = server.serve("v2/big.bin", body=new)
+    assert download(Source(url=second), tmp_path / "dl", **FAST).path.read_bytes() == new
     assert "range" not in server.seen("v2/big.bin")[0]
+    got = download(Source(url=first, sha256=sha256(payload)), tmp_path / "dl", **FAST)
+    assert got.path.read_bytes() == payload
+    assert server.seen("v1/big.bin")[1]["range"] == f"bytes={MB}-"  # v1's partial was left alone, so it resumes
 
 
 def test_stale_partial_longer_than_the_file_is_discarded(tmp_path, server, payload):
@@ -740,7 +783,7 @@ def test_corrupt_download_is_dropped_from_the_cache_so_a_rerun_fetches_it_again(
     with pytest.raises(CatdogError, match=r"pets2\.zip is corrupt or truncated"):
         fetch(changed, tmp_path / "images", tmp_path / "w.h5", tmp_path / "dl")
     assert snapshot(tmp_path / "images") == before
-    assert not (tmp_path / "dl" / "pets2.zip").exists() and not (tmp_path / "dl" / "pets2.zip.json").exists()
+    assert not cached(tmp_path / "dl", url).exists() and not record_of(cached(tmp_path / "dl", url)).exists()
 
     server.routes["/pets2.zip"].body = data  # the server is fixed: the rerun downloads afresh and succeeds
     dataset, _ = fetch(changed, tmp_path / "images", tmp_path / "w.h5", tmp_path / "dl")

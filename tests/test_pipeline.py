@@ -1,26 +1,24 @@
-"""The whole pipeline, for real: `dvc repro` on the shared photos, then a second repro that runs nothing."""
+"""The whole pipeline, for real: `dvc repro` on the real photos, then a second repro that runs nothing."""
 
 import csv
 import json
 
 import pytest
 
-from conftest import DATASET_SHA256, DATASET_ZIP, WEIGHTS_035, WEIGHTS_035_SHA256, make_project, require_shared, run
+from conftest import WEIGHTS_035_SHA256, library_log_lines, make_project, run
 
 STAGES = ("fetch", "split", "train", "evaluate", "predict-folder")
 
 
 @pytest.mark.integration
-def test_dvc_repro_on_real_photos_produces_model_metrics_and_labels(tmp_path):
-    require_shared(DATASET_ZIP)
-    require_shared(WEIGHTS_035)
+def test_dvc_repro_on_real_photos_produces_model_metrics_and_labels(tmp_path, real_dataset, real_weights):
     project = make_project(
         tmp_path / "project",
         {
             "base": {"image_size": 64},
             "fetch": {
-                "dataset": {"url": str(DATASET_ZIP), "sha256": DATASET_SHA256},
-                "weights": {"url": WEIGHTS_035.as_uri(), "sha256": WEIGHTS_035_SHA256},
+                "dataset": {"url": str(real_dataset.zip), "sha256": real_dataset.sha256},
+                "weights": {"url": real_weights.as_uri(), "sha256": WEIGHTS_035_SHA256},
             },
             "train": {"model": "mobilenet_v2", "alpha": 0.35, "epochs": 1, "fine_tune_epochs": 0},
         },
@@ -28,9 +26,11 @@ def test_dvc_repro_on_real_photos_produces_model_metrics_and_labels(tmp_path):
     first = run(["dvc", "repro"], cwd=project)
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first.stdout
+    assert library_log_lines(first.stdout + first.stderr) == [], first.stdout + first.stderr
 
-    record = json.loads((project / "data/downloads/cats_and_dogs_3k.zip.json").read_text())
-    assert record["sha256"] == DATASET_SHA256 and record["size"] == DATASET_ZIP.stat().st_size
+    (record_path,) = (project / "data/downloads").glob(f"*-{real_dataset.zip.name}.json")  # <digest of the URL>-<name>
+    record = json.loads(record_path.read_text())
+    assert record["sha256"] == real_dataset.sha256 and record["size"] == real_dataset.zip.stat().st_size
 
     report = json.loads((project / "data/split/report.json").read_text())
     assert report["counts"]["test"]["total"] + report["n_duplicates"] == 1000  # the source's validation split

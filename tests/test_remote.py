@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WEIGHTS_035, catdog, cli_env, make_project, require_shared, run, tiny_overrides
+from conftest import catdog, cli_env, make_project, run, tiny_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,6 @@ def assert_up_to_date(project: Path, env: dict[str, str]) -> None:
 
 
 def test_push_clone_pull_reproduces(tmp_path, tiny_dataset_zip, s3_endpoint):
-    require_shared(WEIGHTS_035)
     env = offline_env(tmp_path)
     origin = make_project(tmp_path / "origin", tiny_overrides(tiny_dataset_zip))
 

@@ -31,6 +31,20 @@ def test_filtered_layout_uses_validation_as_test_and_carves_val_from_train(tmp_p
     assert counts["train"] == {"cat": 15, "dog": 15, "total": 30}
 
 
+@pytest.mark.parametrize("layout", ["with-a-validation-folder", "without"])
+def test_val_fraction_is_a_fraction_of_the_training_pool_in_either_layout(tmp_path, layout):
+    # Both trees leave a training pool of 15 images a class once the 5-a-class test split is set aside.
+    if layout == "without":
+        for i in range(20):
+            make_image(tmp_path / "cats" / f"{i}.jpg", RED, seed=i)
+            make_image(tmp_path / "dogs" / f"{i}.jpg", BLUE, seed=100 + i)
+    else:
+        synthetic_dataset(tmp_path, n_train=15, n_val=5)
+    result = split_dataset(tmp_path, SplitParams(val_fraction=0.2, test_fraction=0.25), seed=0)
+    counts = {name: c["cat"] for name, c in result.report()["counts"].items()}
+    assert counts == {"train": 12, "val": 3, "test": 5}  # val: 0.2 of the pool of 15, not 0.2 of all 20
+
+
 def test_petimages_layout_rejects_broken_files_with_reasons_and_splits_three_ways(tmp_path):
     root = tmp_path / "PetImages"
     for i in range(10):

@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import DATASET_ZIP, REPO, WEIGHTS_035, catdog, require_shared, synthetic_dataset, tiny_overrides, write_params
+from conftest import REPO, catdog, synthetic_dataset, tiny_overrides, write_params
 
 
 def write_manifests(root, n_train, n_val):
@@ -17,13 +17,14 @@ def write_manifests(root, n_train, n_val):
         )
 
 
-def train_and_evaluate(root, tag, overrides):
+def train_and_evaluate(root, tag, overrides, weights=None):
     """Run the train and evaluate commands in fresh processes; return the metrics file bytes and bundle."""
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")
     write_params(root, overrides)
     bundle = root / f"models_{tag}"
+    backbone = ["--weights", weights] if weights else []
     catdog("train", "--params", root / "params.yaml", "--train", root / "train.csv", "--val", root / "val.csv",
-           "--images", root / "images", "--weights", WEIGHTS_035, "--model-dir", bundle, "--live-dir", root / f"live_{tag}", cwd=root)
+           "--images", root / "images", *backbone, "--model-dir", bundle, "--live-dir", root / f"live_{tag}", cwd=root)
     catdog("evaluate", "--params", root / "params.yaml", "--model", bundle, "--test", root / "val.csv", "--images", root / "images",
            "--metrics", root / f"metrics_{tag}.json", "--plots-dir", root / f"plots_{tag}", cwd=root)
     return (root / f"metrics_{tag}.json").read_bytes(), bundle
@@ -65,20 +66,19 @@ def test_two_runs_with_the_same_params_give_identical_metrics(tmp_path):
         assert len((tmp_path / f"live_a/plots/metrics/{series}.tsv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
-def test_litert_export_agrees_with_keras_on_real_photos(tmp_path):
+def test_litert_export_agrees_with_keras_on_real_photos(tmp_path, real_dataset, real_weights):
     """A MobileNetV2 bundle, scored by both runtimes on real photos: |delta p_dog| <= 1e-4."""
     from catdog.images import load_image
     from catdog.runtime import load_predictor
 
-    require_shared(DATASET_ZIP)
     synthetic_dataset(tmp_path / "images", n_train=8, n_val=4)
     write_manifests(tmp_path, 8, 4)
     overrides = tiny_overrides(tmp_path / "unused.zip")
     overrides["base"]["image_size"] = 96
     overrides["train"].update(model="mobilenet_v2", alpha=0.35, epochs=1, fine_tune_epochs=1, augment=False)
-    _, bundle = train_and_evaluate(tmp_path, "m", overrides)
+    _, bundle = train_and_evaluate(tmp_path, "m", overrides, real_weights)
 
-    with zipfile.ZipFile(DATASET_ZIP) as zf:
+    with zipfile.ZipFile(real_dataset.zip) as zf:
         names = [n for n in zf.namelist() if n.endswith(".jpg")][::150]
         zf.extractall(tmp_path / "real", members=names)
     batch = np.stack([load_image(tmp_path / "real" / n, 96) for n in names])
@@ -87,15 +87,49 @@ def test_litert_export_agrees_with_keras_on_real_photos(tmp_path):
     assert len(names) == 20
     assert np.abs(lite - keras).max() <= 1e-4
 
+    # Whichever phase won, the bundle records it, with the lowest val loss of the whole run.
+    frozen, fine_tune = val_losses(tmp_path / "live_m")
+    meta = json.loads((bundle / "meta.json").read_text())
+    assert meta["best_phase"] == ("fine_tune" if fine_tune < frozen else "frozen")
+    assert meta["best_val_loss"] == pytest.approx(min(frozen, fine_tune))
 
-def test_fine_tuning_opens_only_the_top_blocks(tmp_path):
-    require_shared(WEIGHTS_035)
+
+def test_fine_tuning_opens_only_the_top_blocks(tmp_path, real_weights):
     from catdog.model import BACKBONE, build_model, unfreeze_top_blocks
     from catdog.params import TrainParams
 
-    model = build_model(TrainParams(model="mobilenet_v2", alpha=0.35), 96, WEIGHTS_035)
+    model = build_model(TrainParams(model="mobilenet_v2", alpha=0.35), 96, real_weights)
     assert not any(l.trainable_weights for l in model.get_layer(BACKBONE).layers)
     unfreeze_top_blocks(model, 2)
     trainable = {l.name for l in model.get_layer(BACKBONE).layers if l.trainable_weights}
     assert trainable and all(n.startswith(("block_15_", "block_16_", "Conv_1")) for n in trainable)
     assert not any("bn" in n.lower() for n in trainable)
+
+
+def val_losses(live_dir) -> list[float]:
+    """The val loss of every epoch of the run, in order, as dvclive logged it."""
+    lines = (live_dir / "plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
+    return [float(line.split("\t")[-1]) for line in lines]
+
+
+def test_fine_tuning_that_only_hurts_is_undone_and_the_frozen_phase_exported(tmp_path, real_weights):
+    synthetic_dataset(tmp_path / "images", n_train=8, n_val=4)
+    write_manifests(tmp_path, 8, 4)
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    overrides = tiny_overrides(tmp_path / "unused.zip")
+    overrides["train"].update(
+        model="mobilenet_v2", alpha=0.35, epochs=1, fine_tune_epochs=1, fine_tune_blocks=16,
+        fine_tune_learning_rate=100.0, augment=False,  # a rate that wrecks the backbone in one epoch
+    )
+    write_params(tmp_path, overrides)
+    catdog("train", "--params", tmp_path / "params.yaml", "--train", tmp_path / "train.csv", "--val", tmp_path / "val.csv",
+           "--images", tmp_path / "images", "--weights", real_weights, "--model-dir", tmp_path / "models",
+           "--live-dir", tmp_path / "live", cwd=tmp_path)
+
+    frozen, fine_tune = val_losses(tmp_path / "live")
+    assert not fine_tune < frozen, "the premise: fine-tuning made val loss worse"
+    meta = json.loads((tmp_path / "models/meta.json").read_text())
+    assert meta["best_phase"] == "frozen" and meta["epochs_run"] == 2
+    assert meta["best_val_loss"] == pytest.approx(frozen)
+    # The exported model is the frozen phase's: its val predictions give that phase's val loss.
+    assert meta["val_metrics"]["log_loss"] == pytest.approx(frozen, abs=1e-4)

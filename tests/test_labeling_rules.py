@@ -1,0 +1,221 @@
+"""Rules every labeling source and engine keeps: only the advertised formats are opened, one run per output,
+symlinked folders are labeled once, thread counts follow the CPUs the process may use, and a row's label
+agrees with its printed p_dog."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from catdog.cpus import cgroup_quota
+from catdog.labels import format_row, lock_path, run_lock
+from catdog.sources import LocalSource
+from conftest import catdog, cli_env, make_image
+
+POSTSCRIPT = b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 10 10\n/loop { loop } def\nshowpage\n"
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+
+
+def read_rows(out: Path) -> list[dict]:
+    with open(out, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def fake_gs(tmp_path) -> tuple[dict[str, str], Path]:
+    """An environment whose first `gs` on PATH records every call to a log file (and fails)."""
+    bin_dir, log = tmp_path / "fake_bin", tmp_path / "gs_calls.log"
+    bin_dir.mkdir()
+    gs = bin_dir / "gs"
+    gs.write_text(f"#!/bin/sh\necho \"$@\" >> '{log}'\nexit 1\n")
+    gs.chmod(0o755)
+    env = cli_env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    return env, log
+
+
+def test_postscript_and_pdf_named_jpg_never_reach_ghostscript(fake_gs, tiny_bundle, tmp_path):
+    env, log = fake_gs
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(EPS)
+    (folder / "letter.jpg").write_bytes(POSTSCRIPT)
+    (folder / "scan.jpg").write_bytes(PDF)
+    make_image(folder / "real.jpg")
+    out = tmp_path / "labels.csv"
+    catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out, env=env)
+    errors = {row["path"]: row["error"] for row in read_rows(out)}
+    assert errors == {
+        "holiday.jpg": "unsupported format: EPS", "letter.jpg": "unsupported format: EPS",
+        "scan.jpg": "not an image (unrecognized format)", "real.jpg": "",
+    }
+    assert not log.exists(), f"Ghostscript was called: {log.read_text()}"
+
+
+def test_split_and_every_decoder_refuse_formats_outside_the_promised_six(fake_gs, tmp_path):
+    """The same `catdog.images` opener serves split, train, evaluate, labeling and the report."""
+    from catdog.images import FORMATS, ImageError, check_image, load_image, open_image
+
+    env, log = fake_gs
+    os.environ["PATH"], saved = env["PATH"], os.environ["PATH"]
+    try:
+        for name, data in (("eps.jpg", EPS), ("ps.jpg", POSTSCRIPT)):
+            (tmp_path / name).write_bytes(data)
+            assert check_image(data) == "unsupported format: EPS"
+            with pytest.raises(ImageError, match="unsupported format: EPS"):
+                load_image(tmp_path / name, 8)
+            with pytest.raises(ImageError, match="unsupported format: EPS"):
+                open_image(tmp_path / name)
+        Image.new("RGB", (8, 8)).save(tmp_path / "pic.tga", format="TGA")  # Pillow reads TGA, the README does not promise it
+        with pytest.raises(ImageError):
+            load_image(tmp_path / "pic.tga", 8)
+    finally:
+        os.environ["PATH"] = saved
+    assert FORMATS == ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+    assert not log.exists()
+
+
+def test_a_second_run_on_the_same_output_fails_at_once(tiny_bundle, tmp_path):
+    make_image(tmp_path / "in" / "a.jpg")
+    out = tmp_path / "labels.csv"
+    with run_lock(out):
+        result = catdog("predict-folder", tmp_path / "in", "--model", tiny_bundle, "--out", out, "--resume", check=False, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: another run is writing {out} (it holds {lock_path(out)}); wait for it to finish"
+    assert not out.exists() and not lock_path(out).exists()
+    catdog("predict-folder", tmp_path / "in", "--model", tiny_bundle, "--out", out)
+    assert [r["path"] for r in read_rows(out)] == ["a.jpg"] and not lock_path(out).exists()
+
+
+def test_a_run_killed_with_sigkill_leaves_no_lock_that_blocks_the_next(tiny_bundle, tmp_path):
+    make_image(tmp_path / "in" / "a.jpg")
+    out = tmp_path / "labels.csv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from catdog.labels import run_lock\n"
+         "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True, env=cli_env(),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert catdog("predict-folder", tmp_path / "in", "--model", tiny_bundle, "--out", out, check=False).returncode == 1
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert lock_path(out).exists(), "SIGKILL leaves the file; the kernel released the lock"
+    catdog("predict-folder", tmp_path / "in", "--model", tiny_bundle, "--out", out)
+    assert len(read_rows(out)) == 1
+
+
+@pytest.fixture
+def linked(tmp_path) -> Path:
+    """photos/ with 2023 -> ../archive/2023 (2 photos), a second link to it, and a link back to photos/ itself."""
+    archive = tmp_path / "archive" / "2023"
+    make_image(archive / "a.jpg", seed=1)
+    make_image(archive / "deeper" / "b.jpg", seed=2)
+    photos = tmp_path / "photos"
+    make_image(photos / "top.jpg")
+    (photos / "2023").symlink_to(archive)
+    (photos / "zz_again").symlink_to(archive)
+    (photos / "2023_loop").symlink_to(photos)
+    return photos
+
+
+def test_photos_under_a_symlinked_folder_are_labeled_once(linked, tiny_bundle, tmp_path):
+    out = tmp_path / "labels.csv"
+    catdog("predict-folder", linked, "--model", tiny_bundle, "--out", out)
+    rows = {r["path"]: (r["status"], r["error"]) for r in read_rows(out)}
+    assert rows == {
+        "2023/a.jpg": ("ok", ""),
+        "2023/deeper/b.jpg": ("ok", ""),
+        "2023_loop": ("error", "symlink to a folder already listed (the labeled folder itself)"),
+        "top.jpg": ("ok", ""),
+        "zz_again": ("error", "symlink to a folder already listed (2023)"),
+    }
+
+
+def test_no_follow_links_keeps_symlinked_folders_as_error_rows(linked, tiny_bundle, tmp_path):
+    out = tmp_path / "labels.csv"
+    catdog("predict-folder", linked, "--model", tiny_bundle, "--out", out, "--no-follow-links")
+    rows = {r["path"]: r["error"] for r in read_rows(out)}
+    assert rows == {"2023": "symlink to a folder (not followed)", "2023_loop": "symlink to a folder (not followed)",
+                    "top.jpg": "", "zz_again": "symlink to a folder (not followed)"}
+
+
+def test_a_loop_of_links_between_folders_terminates_with_each_file_once(tmp_path):
+    make_image(tmp_path / "a" / "x.jpg")
+    make_image(tmp_path / "b" / "y.jpg")
+    (tmp_path / "a" / "to_b").symlink_to(tmp_path / "b")
+    (tmp_path / "b" / "to_a").symlink_to(tmp_path / "a")
+    listing = LocalSource(str(tmp_path)).list()
+    assert listing.paths == ["a/to_b", "a/x.jpg", "b/to_a", "b/y.jpg"]
+    assert listing.problems == {"a/to_b": "symlink to a folder already listed (b)", "b/to_a": "symlink to a folder already listed (a)"}
+
+
+DECODE_THREADS = """
+import sys, threading
+from pathlib import Path
+import catdog.engines as engines
+from catdog.predict import PredictOptions, predict
+seen = set()
+real = engines.load_image
+def spy(*args, **kwargs):
+    seen.add(threading.get_ident())
+    return real(*args, **kwargs)
+engines.load_image = spy
+predict(PredictOptions(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), batch_size=32))
+print(len(seen))
+"""
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+def test_under_taskset_one_cpu_the_labeler_uses_one_decode_thread(tiny_bundle, tmp_path):
+    for i in range(64):
+        make_image(tmp_path / "in" / f"{i:02d}.jpg", seed=i)
+    runs = {}
+    for cpus in ("0", "0,1"):
+        if cpus == "0,1" and len(os.sched_getaffinity(0)) < 2:
+            continue
+        out = tmp_path / f"labels-{cpus}.csv"
+        result = subprocess.run(
+            ["taskset", "-c", cpus, sys.executable, "-c", DECODE_THREADS, str(tmp_path / "in"), str(tiny_bundle), str(out)],
+            capture_output=True, text=True, env=cli_env(), timeout=120, check=True,
+        )
+        runs[cpus] = int(result.stdout.strip().splitlines()[-1])
+    assert runs["0"] == 1
+    if "0,1" in runs:
+        assert runs["0,1"] == 2, "the spy sees every decode thread"
+
+
+def test_the_cgroup_v2_cpu_quota_caps_the_count(tmp_path):
+    (tmp_path / "kubepods" / "pod1").mkdir(parents=True)
+    (tmp_path / "kubepods" / "cpu.max").write_text("400000 100000\n")
+    (tmp_path / "kubepods" / "pod1" / "cpu.max").write_text("150000 100000\n")
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/kubepods/pod1\n")
+    assert cgroup_quota(tmp_path, membership) == 1.5
+    (tmp_path / "kubepods" / "pod1" / "cpu.max").write_text("max 100000\n")
+    assert cgroup_quota(tmp_path, membership) == 4.0
+    (tmp_path / "kubepods" / "cpu.max").write_text("max 100000\n")
+    assert cgroup_quota(tmp_path, membership) is None
+
+
+@pytest.mark.parametrize("p_dog, threshold, label, printed", [
+    (0.4999996, 0.5, "dog", "0.500000"),
+    (0.4999994, 0.5, "cat", "0.499999"),
+    (0.5, 0.5, "dog", "0.500000"),
+    (0.7300004, 0.73, "dog", "0.730000"),
+])
+def test_the_label_agrees_with_the_printed_p_dog(p_dog, threshold, label, printed):
+    assert format_row("x.jpg", p_dog, None, ("cat", "dog"), threshold) == ("x.jpg", label, printed, "ok", "")

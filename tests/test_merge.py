@@ -1,0 +1,293 @@
+"""`catdog merge-labels` on the shards of real `predict-folder --shard K/3` runs (issue 12): the merge equals
+the unsharded CSV byte for byte, and every way a set of shards can be wrong is refused with a one-line error."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from catdog.jobrecord import job_record_path, read_job_record, write_job_record
+from catdog.labels import COLUMNS, csv_writer, open_csv
+from catdog.merge import path_key
+from catdog.sources import shard_of
+from conftest import catdog, run
+
+N = 3
+# Names the CSV must quote, escape or sort carefully: "x\udcff.jpg" is the undecodable byte 0xff, written to
+# the CSV as the text "x\udcff.jpg", which sorts after "x\.jpg" and before "xé.jpg" as text but after "xé.jpg"
+# as the run sorted it.
+ODD_NAMES = ['comma, "quote".jpg', "crlf\r\nname.jpg", "ünïcødé 猫.jpg", "x\\.jpg", "xé.jpg", "x🐱.jpg", "NA"]
+UNDECODABLE = os.fsdecode(b"x\xff.jpg")
+
+
+@pytest.fixture(scope="module")
+def photos(real_photos, tmp_path_factory) -> Path:
+    """The session's real photos and broken files, plus files with odd names (copies of one photo)."""
+    root = tmp_path_factory.mktemp("merge") / "photos"
+    shutil.copytree(real_photos, root)
+    sample = sorted((root / "train" / "dogs").iterdir())[0].read_bytes()
+    (root / "odd").mkdir()
+    for name in ODD_NAMES:
+        (root / "odd" / name).write_bytes(sample)
+    (root / "odd" / UNDECODABLE).write_bytes(sample)
+    return root
+
+
+@pytest.fixture(scope="module")
+def job(photos, tiny_bundle, tmp_path_factory) -> dict:
+    """One unsharded run and the N shard runs of the same folder and model, outside the folder."""
+    runs = tmp_path_factory.mktemp("runs")
+    catdog("predict-folder", photos, "--model", tiny_bundle, "--out", runs / "single.csv")
+    shards = []
+    for k in range(N):
+        shards.append(runs / f"labels-{k}.csv")
+        catdog("predict-folder", photos, "--model", tiny_bundle, "--out", shards[-1], "--shard", f"{k}/{N}")
+    return {"single": runs / "single.csv", "shards": shards}
+
+
+def copy_shards(job: dict, dest: Path) -> list[Path]:
+    """The job's shard CSVs and their records, copied to `dest` so a test may change them."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in job["shards"]:
+        shutil.copy2(path, dest / path.name)
+        shutil.copy2(job_record_path(path), job_record_path(dest / path.name))
+        copies.append(dest / path.name)
+    return copies
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with open_csv(path) as fh:
+        return list(csv.reader(fh))[1:]
+
+
+def rewrite(path: Path, rows: list[list[str]]) -> None:
+    """Write `rows` (sorted as a run sorts them) as a catdog CSV and update its job record to match, as if
+    a run had written them: only the checks on the rows themselves can catch what is wrong."""
+    with open_csv(path, "w") as fh:
+        writer = csv_writer(fh)
+        writer.writerow(COLUMNS)
+        writer.writerows(sorted(rows, key=lambda row: path_key(row[0])))
+    record = read_job_record(path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    write_job_record(path, dataclasses.replace(record, rows=len(rows), csv_sha256=sha))
+
+
+def merge(out: Path, *shards: Path, check: bool = False, overwrite: bool = False):
+    return catdog("merge-labels", out, *shards, *(["--overwrite"] if overwrite else []), check=check)
+
+
+def assert_refused(result, *needles: str) -> str:
+    """Exit status 1, one `error:` line holding every needle, no traceback."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_merged_shards_equal_the_unsharded_csv_byte_for_byte(job, photos, tmp_path):
+    shards = job["shards"]
+    for k, path in enumerate(shards):
+        record = read_job_record(path)
+        rows = read_rows(path)
+        assert record.shard == (k, N) and record.rows == len(rows) > 0, "each shard gets some files"
+        assert record.source == str(photos) and record.model.startswith("sha256:")
+    out = tmp_path / "merged" / "labels.csv"
+    result = merge(out, *reversed(shards), check=True)
+    assert out.read_bytes() == job["single"].read_bytes()
+    rows = read_rows(out)
+    errors = sum(row[3] == "error" for row in rows)
+    assert f"merged {N} shards of {photos}: {len(rows)} rows ({len(rows) - errors} ok, {errors} error) -> {out}" in result.stderr
+    assert errors >= 5 and len(rows) == sum(1 for p in photos.rglob("*") if p.is_file())
+    assert "odd/x\\udcff.jpg" in {row[0] for row in rows}
+    frame = pd.read_csv(out, keep_default_na=False, dtype=str)
+    assert list(frame.columns) == list(COLUMNS) and "odd/NA" in set(frame["path"])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["labels.csv"], "no temporary files left"
+
+
+def test_merge_refuses_a_missing_shard(job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    result = merge(tmp_path / "out.csv", shards[0], shards[2])
+    assert_refused(result, f"shard 1/{N}", "missing")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_merge_refuses_a_shard_given_twice(job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    assert_refused(merge(tmp_path / "out.csv", *shards, shards[1]), f"{shards[1]} given twice")
+    copy = tmp_path / "copy-of-1.csv"
+    shutil.copy2(shards[1], copy)
+    shutil.copy2(job_record_path(shards[1]), job_record_path(copy))
+    assert_refused(merge(tmp_path / "out.csv", *shards, copy), f"shard 1/{N} given twice", str(shards[1]), str(copy))
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("differs", ["source", "model", "threshold", "shards", "recursive"])
+def test_merge_refuses_shards_of_different_jobs(differs, job, photos, tiny_bundle, tmp_path):
+    """Shard 1 replaced by a real run of another job: another folder (same files), model, threshold, N or recursion."""
+    shards = copy_shards(job, tmp_path / "job")
+    folder, model, extra = photos, tiny_bundle, []
+    if differs == "source":
+        folder = tmp_path / "same-photos-elsewhere"
+        shutil.copytree(photos, folder)
+    elif differs == "model":
+        model = tmp_path / "other-model"
+        shutil.copytree(tiny_bundle, model)
+        meta = json.loads((model / "meta.json").read_text())
+        (model / "meta.json").write_text(json.dumps({**meta, "model": "small_cnn, retrained"}))
+    elif differs == "threshold":
+        extra = ["--threshold", "0.3"]
+    elif differs == "recursive":
+        extra = ["--no-recursive"]
+    foreign = tmp_path / "foreign.csv"
+    shard = f"1/{N + 1}" if differs == "shards" else f"1/{N}"
+    catdog("predict-folder", folder, "--model", model, "--out", foreign, "--shard", shard, *extra)
+    result = merge(tmp_path / "out.csv", shards[0], foreign, shards[2])
+    assert_refused(result, f"{foreign} is from a different job than {shards[0]}: {differs} ")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_merge_refuses_a_path_in_two_shards(job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    stray = read_rows(shards[0])[0]
+    rewrite(shards[2], read_rows(shards[2]) + [stray])
+    result = merge(tmp_path / "out.csv", *shards)
+    assert_refused(result, f"path {stray[0]!r} is in two shards", f"{shards[0]} (shard 0/{N})", f"{shards[2]} (shard 2/{N})")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_merge_refuses_a_row_in_the_wrong_shard_for_its_hash(job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    rows = read_rows(shards[0])
+    moved, rows = rows[-1], rows[:-1]
+    assert shard_of(path_key(moved[0]), N) == 0
+    rewrite(shards[0], rows)
+    rewrite(shards[1], read_rows(shards[1]) + [moved])
+    result = merge(tmp_path / "out.csv", *shards)
+    assert_refused(result, f"{shards[1]}: path {moved[0]!r} belongs to shard 0/{N}, not 1/{N}")
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("cut", ["mid_row", "whole_rows"])
+def test_merge_refuses_a_truncated_csv(cut, job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    data = shards[1].read_bytes()
+    if cut == "mid_row":
+        shards[1].write_bytes(data[: len(data) - 12])
+    else:  # as a copy interrupted between two rows would leave it
+        lines = data.split(b"\r\n")
+        shards[1].write_bytes(b"\r\n".join(lines[:2]) + b"\r\n")
+    result = merge(tmp_path / "out.csv", *shards)
+    assert_refused(result, str(shards[1]), "truncated")
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("content", ["other_header", "empty", "resaved_by_pandas", "binary"])
+def test_merge_refuses_a_file_that_is_not_a_catdog_csv(content, job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    target = shards[2]
+    if content == "other_header":
+        target.write_text("path,label\r\nodd/NA,cat\r\n", encoding="utf-8")
+        needle = "is not a catdog labels CSV: its header is 'path,label'"
+    elif content == "empty":
+        target.write_bytes(b"")
+        needle = "is empty: not a catdog labels CSV"
+    elif content == "resaved_by_pandas":  # same rows and header, "\n" line ends: not what the run wrote
+        pd.read_csv(target, keep_default_na=False, dtype=str).to_csv(target, index=False)
+        needle = "differs from the CSV its run wrote"
+    else:
+        target.write_bytes(bytes(range(256)) * 4)
+        needle = "not a catdog labels CSV"
+    result = merge(tmp_path / "out.csv", *shards)
+    assert_refused(result, str(target), needle)
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("record", ["missing", "not_json", "wrong_type"])
+def test_merge_refuses_a_shard_without_a_valid_job_record(record, job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    path = job_record_path(shards[1])
+    if record == "missing":
+        path.unlink()
+        needle = f"{path} not found"
+    elif record == "not_json":
+        path.write_text("{not json")
+        needle = f"invalid job record {path}"
+    else:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "rows": "12"}))
+        needle = f"invalid job record {path}: rows must be a count"
+    assert_refused(merge(tmp_path / "out.csv", *shards), needle)
+
+
+def test_merge_never_replaces_out_without_overwrite(job, tmp_path):
+    shards = copy_shards(job, tmp_path / "shards")
+    out = tmp_path / "labels.csv"
+    out.write_text("precious\n")
+    assert_refused(merge(out, *shards), f"{out} already exists; pass --overwrite to replace it")
+    assert out.read_text() == "precious\n"
+    shards[0].write_bytes(shards[0].read_bytes()[:-3])  # a failing merge leaves OUT as it was, and no temp file
+    assert_refused(merge(out, *shards, overwrite=True), str(shards[0]))
+    assert out.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "shards"]
+    assert_refused(merge(shards[1], *shards, overwrite=True), f"{shards[1]} is one of the shard CSVs")
+    merge(out, *copy_shards(job, tmp_path / "intact"), overwrite=True, check=True)
+    assert out.read_bytes() == job["single"].read_bytes()
+
+
+def write_big_job(root: Path, rows: int) -> list[Path]:
+    """N shard CSVs of a made-up job with `rows` rows in all, each in the shard its path hashes to, and
+    records that match them."""
+    from catdog.jobrecord import JobRecord
+
+    root.mkdir(parents=True)
+    shards = [root / f"labels-{k}.csv" for k in range(N)]
+    handles = [open_csv(path, "w") for path in shards]
+    writers = [csv_writer(fh) for fh in handles]
+    for writer in writers:
+        writer.writerow(COLUMNS)
+    counts = [0] * N
+    for rel in sorted(f"folder{i % 97:02d}/photo {i:08d}.jpg" for i in range(rows)):
+        k = shard_of(rel, N)
+        writers[k].writerow((rel, "dog", "0.734512", "ok", ""))
+        counts[k] += 1
+    for fh in handles:
+        fh.close()
+    for k, path in enumerate(shards):
+        write_job_record(path, JobRecord(
+            source="/data", model="sha256:" + "0" * 64, threshold=0.5, shard=(k, N), recursive=True, rows=counts[k],
+            csv_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        ))
+    return shards
+
+
+def merge_peak_rss_mib(out: Path, shards: list[Path]) -> float:
+    """Peak RSS (VmHWM: ru_maxrss would count the forking pytest's) of a fresh process that merges `shards`."""
+    script = (
+        "import re, sys; from pathlib import Path; from catdog.merge import MergeOptions, merge_labels; "
+        "merge_labels(MergeOptions(Path(sys.argv[1]), tuple(Path(p) for p in sys.argv[2:]))); "
+        "print(re.search(r'VmHWM:\\s+(\\d+) kB', Path('/proc/self/status').read_text()).group(1))"
+    )
+    result = run([sys.executable, "-c", script, str(out), *map(str, shards)], timeout=300)
+    return int(result.stdout.split()[-1]) / 1024
+
+
+def test_merge_streams_rows_instead_of_holding_them(tmp_path):
+    """300,000 rows (about 40 MiB as Python lists) cost no more memory to merge than 3,000."""
+    small = merge_peak_rss_mib(tmp_path / "small.csv", write_big_job(tmp_path / "small", 3_000))
+    big_shards = write_big_job(tmp_path / "big", 300_000)
+    big = merge_peak_rss_mib(tmp_path / "big.csv", big_shards)
+    assert big - small < 10, f"peak RSS {small:.0f} MiB for 3,000 rows, {big:.0f} MiB for 300,000"
+    with open_csv(tmp_path / "big.csv") as fh:
+        paths = [row[0] for row in csv.reader(fh)][1:]
+    assert len(paths) == 300_000 and paths == sorted(paths)

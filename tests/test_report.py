@@ -1,0 +1,485 @@
+"""`catdog report`: the streaming summary of a labels CSV, the page it writes, and that page in a real Chromium."""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import html
+import json
+import re
+import shutil
+import time
+import tracemalloc
+import zipfile
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from catdog.errors import CatdogError
+from catdog.images import load_thumbnail
+from catdog.report import (
+    ERROR_PATHS,
+    MAX_REASONS,
+    ReportOptions,
+    Selection,
+    histogram_svg,
+    summarize_labels,
+    write_report,
+)
+from conftest import RealDataset, catdog, make_image, missing_input
+
+HEADER = "path,label,p_dog,status,error\r\n"
+HOSTILE = "<img src=x onerror=alert(1)>.jpg"
+
+
+def write_labels(path: Path, rows: list[tuple[str, str, str, str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\r\n")
+        writer.writerow(("path", "label", "p_dog", "status", "error"))
+        writer.writerows(sorted(rows))
+    return path
+
+
+def ok(path: str, p: float, threshold: float = 0.5) -> tuple[str, str, str, str, str]:
+    return (path, "dog" if p >= threshold else "cat", f"{p:.6f}", "ok", "")
+
+
+def err(path: str, reason: str) -> tuple[str, str, str, str, str]:
+    return (path, "", "", "error", reason)
+
+
+class _Tags(HTMLParser):
+    """Every start tag of a page with its attributes, and the text outside tags."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(page: str) -> _Tags:
+    parser = _Tags()
+    parser.feed(page)
+    return parser
+
+
+# --- the streaming summary -------------------------------------------------------------------------------
+
+N_ROWS = 1_000_000
+REASONS = ("empty file", "not an image (unrecognized format)", "corrupt or truncated image: broken data stream")
+
+
+def _million_row(i: int) -> tuple[str, float | None, str]:
+    """Row i of the generated CSV: (path, p_dog or None for an error, reason). Paths sort in row order."""
+    path = f"d{i // 1000:04d}/img{i:07d}.jpg"
+    if i % 50 == 0:  # 20,000 errors: three common reasons and, every 500th row, a reason of its own
+        return path, None, f"odd reason {i}" if i % 500 == 0 else REASONS[(i // 50) % 3]
+    return path, (i * 7919 % 1_000_003) / 1_000_003, ""
+
+
+def _write_million(path: Path) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(HEADER)
+        lines = []
+        for i in range(N_ROWS):
+            rel, p, reason = _million_row(i)
+            if p is None:
+                lines.append(f"{rel},,,error,{reason}\r\n")
+            else:
+                printed = f"{p:.6f}"
+                lines.append(f"{rel},{'dog' if float(printed) >= 0.5 else 'cat'},{printed},ok,\r\n")
+            if len(lines) == 50_000:
+                fh.write("".join(lines))
+                lines.clear()
+        fh.write("".join(lines))
+
+
+def test_a_million_row_csv_is_summarized_in_bounded_memory(tmp_path):
+    labels = tmp_path / "labels.csv"
+    _write_million(labels)
+    selection = Selection(threshold=0.5, n_uncertain=96, n_sample=72, seed=0, positive="dog")
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        summary = summarize_labels(labels, selection)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    seconds = time.perf_counter() - started
+    print(f"1,000,000 rows in {seconds:.1f}s (under tracemalloc), peak {peak / 2**20:.2f} MiB traced")
+    # Measured: ~0.6 MiB. Holding the rows as objects would take hundreds of MiB; their paths alone ~70.
+    assert peak < 8 * 2**20
+
+    n_errors = N_ROWS // 50
+    assert summary.rows == N_ROWS
+    assert summary.statuses == {"ok": N_ROWS - n_errors, "error": n_errors}
+    assert sum(summary.histogram) == N_ROWS - n_errors
+    assert sum(s.count for s in summary.labels.values()) == N_ROWS - n_errors
+    assert summary.disagreements == 0
+    expected_uncertain = heapq.nsmallest(
+        96, ((round(abs(float(f"{p:.6f}") - 0.5), 9), rel) for rel, p, _ in map(_million_row, range(N_ROWS)) if p is not None)
+    )
+    assert [r.path for r in summary.uncertain] == [rel for _, rel in expected_uncertain]
+    for label, sample in summary.samples.items():
+        assert len(sample) == 72 and len({r.path for r in sample}) == 72
+        assert all(r.label == label for r in sample)
+        assert [r.path for r in sample] == sorted(r.path for r in sample)
+    # The first MAX_REASONS distinct reasons are listed (the three common ones and the first 97 odd ones),
+    # each with its first ERROR_PATHS paths; errors with later reasons are counted together.
+    assert len(summary.reasons) == MAX_REASONS
+    assert summary.reasons["empty file"].count == sum(1 for i in range(0, N_ROWS, 50) if i % 500 and (i // 50) % 3 == 0)
+    assert summary.reasons["empty file"].paths[:2] == ["d0000/img0000150.jpg", "d0000/img0000300.jpg"]
+    assert all(len(s.paths) == min(s.count, ERROR_PATHS) for s in summary.reasons.values())
+    assert summary.other_errors == N_ROWS // 500 - (MAX_REASONS - 3)
+    assert sum(s.count for s in summary.reasons.values()) + summary.other_errors == n_errors
+
+
+def test_uncertain_rows_are_nearest_the_threshold_with_ties_to_the_smaller_path(tmp_path):
+    rows = [ok("b.jpg", 0.45), ok("a.jpg", 0.55), ok("c.jpg", 0.5), ok("d.jpg", 0.9), ok("e.jpg", 0.45), ok("f.jpg", 0.1)]
+    labels = write_labels(tmp_path / "labels.csv", rows)
+    summary = summarize_labels(labels, Selection(threshold=0.5, n_uncertain=3, n_sample=0))
+    assert [r.path for r in summary.uncertain] == ["c.jpg", "a.jpg", "b.jpg"]
+    summary = summarize_labels(labels, Selection(threshold=0.9, n_uncertain=2, n_sample=0))
+    assert [r.path for r in summary.uncertain] == ["d.jpg", "a.jpg"]
+
+
+def test_sample_per_label_is_seeded_and_spread_over_the_whole_csv(tmp_path):
+    labels = write_labels(tmp_path / "labels.csv", [ok(f"{i:05d}.jpg", 0.2 if i % 2 else 0.8) for i in range(10_000)])
+
+    def sample(seed: int) -> dict[str, list[str]]:
+        summary = summarize_labels(labels, Selection(threshold=0.5, n_uncertain=0, n_sample=50, seed=seed))
+        return {label: [r.path for r in rows] for label, rows in summary.samples.items()}
+
+    first = sample(0)
+    assert first == sample(0)
+    assert first != sample(1)
+    assert sorted(first) == ["cat", "dog"]
+    for paths in first.values():
+        indexes = [int(p[:5]) for p in paths]
+        assert len(set(indexes)) == 50
+        assert min(indexes) < 2_000 and max(indexes) > 8_000  # not just the first rows
+
+
+def test_disagreements_with_the_threshold_are_counted(tmp_path):
+    labels = write_labels(tmp_path / "labels.csv", [ok("a.jpg", 0.3), ok("b.jpg", 0.6), ok("c.jpg", 0.45, threshold=0.4)])
+    assert summarize_labels(labels, Selection(0.5, 0, 0, positive="dog")).disagreements == 1
+    assert summarize_labels(labels, Selection(0.5, 0, 0)).disagreements is None
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is empty, not a labels CSV"),
+        ("path,label\r\na.jpg,cat\r\n", "line 1: not a labels CSV: the header is 'path,label'"),
+        (HEADER + "a.jpg,cat,0.1,ok\r\n", "line 2: expected 5 fields, found 4"),
+        (HEADER + "a.jpg,cat,0.1,ok,\r\nb.jpg,cat,1.5,ok,\r\n", "line 3: p_dog '1.5' is not a number from 0 to 1"),
+        (HEADER + "a.jpg,cat,nan,ok,\r\n", "line 2: p_dog 'nan' is not a number from 0 to 1"),
+        (HEADER + "a.jpg,,0.1,ok,\r\n", "line 2: a row with status ok has no label"),
+        (HEADER + "a.jpg,cat,0.1,skipped,\r\n", "line 2: status 'skipped' is neither ok nor error"),
+        (HEADER + "a.jpg,cat,0.1,ok,\r\nb.jpg,dog,0.9,ok,\r\nc.jpg,bird,0.5,ok,\r\n", "line 4: a third label 'bird'"),
+        (HEADER + ',cat,0.1,ok,\r\n', "line 2: empty path"),
+    ],
+)
+def test_a_file_that_is_not_a_labels_csv_is_refused_naming_the_line(tmp_path, content, message):
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(content.encode())
+    with pytest.raises(CatdogError, match=re.escape(f"{labels}") + ".*" + re.escape(message)):
+        summarize_labels(labels, Selection(0.5, 4, 4))
+
+
+def test_histogram_marks_the_threshold_and_titles_every_bin():
+    svg = histogram_svg([5, 0, 1000] + [0] * 17, threshold=0.37)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert "threshold 0.370" in svg
+    assert svg.count("<rect") == 20
+    assert "<title>p_dog 0.10-0.15: 1,000 images</title>" in svg
+    line = re.search(r'<line x1="([\d.]+)"[^>]*stroke="#c0392b"', svg)
+    assert line and abs(float(line.group(1)) - (48 + (640 - 60) * 0.37)) < 0.1
+
+
+# --- thumbnails ------------------------------------------------------------------------------------------
+
+
+def test_thumbnail_keeps_the_aspect_ratio_and_applies_exif_orientation(tmp_path):
+    path = make_image(tmp_path / "wide.jpg", size=(400, 100))
+    with Image.open(path) as im:
+        exif = im.getexif()
+        exif[0x0112] = 6  # rotate 90 degrees when shown
+        im.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_thumbnail(path, 160).size == (160, 40)
+    assert load_thumbnail(tmp_path / "rotated.jpg", 160).size == (40, 160)
+    assert load_thumbnail(make_image(tmp_path / "small.png", size=(30, 20)), 160).size == (30, 20)  # never enlarged
+    assert load_thumbnail(make_image(tmp_path / "a.png", size=(50, 50), mode="RGBA"), 32).mode == "RGB"
+
+
+# --- the page --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_run(tmp_path) -> tuple[Path, Path]:
+    """A folder of tiny images with a CSV as predict-folder would write it: a hostile name, a broken file,
+    a file gone since labeling and a path that points outside the folder."""
+    photos = tmp_path / "photos"
+    for name, color in ((HOSTILE, (200, 60, 40)), ("cat.jpg", (190, 70, 50)), ("dog.png", (50, 80, 190)), ("new\nline.jpg", (90, 90, 90))):
+        make_image(photos / name, color=color)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    rows = [
+        ok(HOSTILE, 0.48), ok("cat.jpg", 0.1), ok("dog.png", 0.93), ok("new\nline.jpg", 0.51), ok("gone.jpg", 0.3),
+        ok("../outside.jpg", 0.6), err("broken.jpg", "corrupt or truncated image: broken data stream"),
+        err('a "quoted" & <b>bold</b>.jpg', "not an image (unrecognized format)"),
+    ]
+    return photos, write_labels(tmp_path / "labels.csv", rows)
+
+
+def test_page_escapes_names_and_shows_unreadable_files_as_placeholders(small_run, tmp_path):
+    photos, labels = small_run
+    out = tmp_path / "report.html"
+    result = write_report(labels, str(photos), out, ReportOptions())
+    assert (result.rows, result.ok, result.error, result.shown, result.unreadable) == (8, 6, 2, 6, 2)
+    page = out.read_text(encoding="utf-8")
+    tags = parse(page)
+    assert not [t for t, _ in tags.tags if t == "script"]
+    assert not [(t, a) for t, a in tags.tags if any(name.startswith("on") for name in a)]
+    images = [a for t, a in tags.tags if t == "img"]
+    assert all(a["src"].startswith("data:image/jpeg;base64,") for a in images)  # each image in the uncertain grid and a sample
+    assert {a["alt"] for a in images} == {HOSTILE, "cat.jpg", "dog.png", "new\\nline.jpg"}
+    text = "".join(tags.text)
+    assert HOSTILE in text and "new\\nline.jpg" in text and 'a "quoted" & <b>bold</b>.jpg' in text
+    assert "file not found" in text and "not a relative path inside the images source" in text
+    assert "<b>bold</b>" not in page and html.escape(HOSTILE) in page
+
+
+def test_threshold_and_model_name_come_from_the_models_meta_json(small_run, tmp_path):
+    photos, labels = small_run
+    model = tmp_path / "models"
+    model.mkdir()
+    (model / "meta.json").write_text(json.dumps({"classes": ["cat", "dog"], "image_size": 32, "threshold": 0.25, "model": "small_cnn"}))
+    write_report(labels, str(photos), tmp_path / "m.html", ReportOptions(model=model))
+    page = (tmp_path / "m.html").read_text(encoding="utf-8")
+    assert "threshold 0.250" in page and "(small_cnn)" in page and "the model&#x27;s, from its meta.json" in page
+    assert 'id="disagreements">2 labels disagree' in page  # 0.48 and 0.3 say cat; at 0.25 they are dogs
+    write_report(labels, str(photos), tmp_path / "t.html", ReportOptions(model=model, threshold=0.7))
+    assert "threshold 0.700" in (tmp_path / "t.html").read_text(encoding="utf-8")
+
+
+def test_same_csv_and_seed_give_the_same_page(small_run, tmp_path):
+    photos, labels = small_run
+    write_report(labels, str(photos), tmp_path / "a.html", ReportOptions(seed=3))
+    write_report(labels, str(photos), tmp_path / "b.html", ReportOptions(seed=3))
+    assert (tmp_path / "a.html").read_bytes() == (tmp_path / "b.html").read_bytes()
+
+
+def test_max_images_bounds_the_thumbnails_decoded(tmp_path):
+    photos = tmp_path / "photos"
+    rows = []
+    for i in range(60):
+        make_image(photos / f"{i:02d}.png", size=(8, 8), seed=i)
+        rows.append(ok(f"{i:02d}.png", i / 60))
+    labels = write_labels(tmp_path / "labels.csv", rows)
+    result = write_report(labels, str(photos), tmp_path / "r.html", ReportOptions(max_images=10))
+    assert result.shown <= 10
+    assert len([t for t, _ in parse((tmp_path / "r.html").read_text(encoding="utf-8")).tags if t == "img"]) == result.shown
+    result = write_report(labels, str(photos), tmp_path / "none.html", ReportOptions(max_images=0))
+    assert result.shown == 0
+
+
+def test_report_command_refuses_to_replace_a_file_without_overwrite(small_run, tmp_path):
+    photos, labels = small_run
+    out = tmp_path / "report.html"
+    out.write_text("keep me")
+    result = catdog("report", labels, "--images", photos, "--out", out, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {out} already exists; pass --overwrite to replace it"
+    assert out.read_text() == "keep me"
+    result = catdog("report", labels, "--images", photos, "--out", out, "--overwrite")
+    assert "report of 8 rows (6 ok, 2 error), 6 images shown, 2 of them unreadable now" in result.stderr
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".report.html")]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--images", "{tmp}/nowhere"], "error: images folder not found: {tmp}/nowhere"),
+        (["--images", "{tmp}/photos", "--model", "{tmp}/nomodel"], "error: model not found: {tmp}/nomodel"),
+        (["--images", "{tmp}/photos", "--threshold", "1.5"], "error: --threshold 1.5: choose a value between 0 and 1"),
+    ],
+)
+def test_report_command_bad_input_is_a_one_line_error(small_run, tmp_path, args, message):
+    _, labels = small_run
+    result = catdog("report", labels, *[a.format(tmp=tmp_path) for a in args], "--out", tmp_path / "r.html", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == message.format(tmp=tmp_path)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_refuses_to_write_over_the_labels_csv(small_run):
+    photos, labels = small_run
+    with pytest.raises(CatdogError, match="is the labels CSV itself"):
+        write_report(labels, str(photos), labels, ReportOptions(overwrite=True))
+
+
+# --- in a real browser -----------------------------------------------------------------------------------
+
+HOSTILE_COPIES = {
+    HOSTILE: 0,
+    'a&b "double" \'single\'.jpg': 1,
+    "new\nline.jpg": 2,
+    "ünïcødé 猫 كلب.jpg": 3,
+    "rtl\u202egpj.jpg": 4,
+}
+BROKEN = {
+    "empty.jpg": b"",
+    "notes.txt": b"just text\n",
+    '"><svg onload=alert(2)>.png': b"\x89PNG\r\n\x1a\n not really",
+}
+
+
+def _chromium() -> str:
+    """Debian's chromium and the playwright package, or a skip (a failure with CI=true) saying what to install."""
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (make setup installs it)")
+    executable = shutil.which("chromium")
+    if executable is None:
+        missing.append("Debian's chromium (apt-get install chromium)")
+    if missing:
+        missing_input(f"browser tests need {' and '.join(missing)}")
+    return executable
+
+
+@pytest.fixture(scope="module")
+def browser_run(tmp_path_factory, tiny_bundle, real_dataset: RealDataset) -> dict:
+    """Real photos, broken files and hostile names labeled by predict-folder, reported, and opened in Chromium:
+    what the page showed (DOM facts, console messages, dialogs, requests) beside the CSV."""
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path_factory.mktemp("browser")
+    photos = root / "photos"
+    photos.mkdir()
+    picked = []
+    with zipfile.ZipFile(real_dataset.zip) as zf:
+        for cls in ("cats", "dogs"):
+            folder = f"{real_dataset.top}/train/{cls}/"
+            for name in sorted(n for n in zf.namelist() if n.startswith(folder) and n.endswith(".jpg"))[:4]:
+                picked.append(photos / name.rsplit("/", 1)[1])
+                picked[-1].write_bytes(zf.read(name))
+    for name, index in HOSTILE_COPIES.items():
+        shutil.copy2(picked[index], photos / name)
+    for name, data in BROKEN.items():
+        (photos / name).write_bytes(data)
+    truncated = picked[0].read_bytes()
+    (photos / "truncated.jpg").write_bytes(truncated[: len(truncated) // 3])
+    labels = root / "labels.csv"
+    catdog("predict-folder", photos, "--model", tiny_bundle, "--out", labels, timeout=300)
+    picked[-1].unlink()  # gone since labeling: a placeholder, not a crash
+    out = root / "report.html"
+    catdog("report", labels, "--images", photos, "--model", tiny_bundle, "--out", out, timeout=120)
+
+    with open(labels, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    facts: dict = {"rows": rows, "console": [], "dialogs": [], "requests": [], "url": out.as_uri()}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: facts["console"].append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: facts["console"].append(f"pageerror: {e}"))
+            page.on("dialog", lambda d: (facts["dialogs"].append(d.message), d.dismiss()))
+            page.on("request", lambda r: facts["requests"].append(r.url))
+            page.goto(facts["url"], wait_until="load")
+            page.wait_for_timeout(300)  # let any (unwanted) late handler fire
+            facts.update(
+                page.evaluate(
+                    """() => {
+                    const count = sel => [...document.querySelectorAll(sel)].map(
+                        tr => [tr.dataset.status || tr.dataset.label, tr.querySelector('[data-count]').innerText]);
+                    return {
+                        images: [...document.images].map(i => ({alt: i.alt, src: i.src.slice(0, 23),
+                                                                 width: i.naturalWidth, complete: i.complete})),
+                        statuses: count('#counts tr[data-status]'),
+                        labels: count('#counts tr[data-label]'),
+                        reasons: [...document.querySelectorAll('#errors .reason')].map(
+                            r => [r.querySelector('.why').innerText, r.querySelector('[data-count]').innerText]),
+                        placeholders: [...document.querySelectorAll('.missing')].map(m => m.innerText),
+                        captions: [...document.querySelectorAll('figcaption .path')].map(c => c.innerText),
+                        errorPaths: [...document.querySelectorAll('#errors li.path')].map(c => c.innerText),
+                        scripts: document.scripts.length,
+                        handlers: [...document.querySelectorAll('*')].flatMap(
+                            el => [...el.attributes].filter(a => a.name.startsWith('on')).map(a => el.tagName + ' ' + a.name)),
+                        svg: document.querySelectorAll('#histogram svg rect').length,
+                        threshold: document.querySelector('#threshold').innerText,
+                        text: document.body.innerText,
+                    };
+                }"""
+                )
+            )
+        finally:
+            browser.close()
+    facts["meta"] = json.loads((tiny_bundle / "meta.json").read_text())
+    facts["gone"] = picked[-1].name
+    return facts
+
+
+def _number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+@pytest.mark.browser
+def test_every_thumbnail_decodes_in_chromium_without_console_errors(browser_run):
+    images = browser_run["images"]
+    # The uncertain images and samples: 8 photos, 5 hostile-named copies, less the one deleted.
+    assert len({i["alt"] for i in images}) == 12
+    assert all(i["complete"] and i["width"] > 0 for i in images), images
+    assert all(i["src"] == "data:image/jpeg;base64," for i in images)
+    assert browser_run["console"] == []
+    assert browser_run["svg"] == 20
+    assert browser_run["threshold"].startswith(f"{browser_run['meta']['threshold']:.4f}")
+
+
+@pytest.mark.browser
+def test_counts_on_the_page_equal_the_csvs(browser_run):
+    rows = browser_run["rows"]
+    statuses = Counter(r["status"] for r in rows)
+    assert {k: _number(v) for k, v in browser_run["statuses"]} == {**{"ok": 0, "error": 0}, **statuses, "total": len(rows)}
+    assert {k: _number(v) for k, v in browser_run["labels"]} == Counter(r["label"] for r in rows if r["status"] == "ok")
+    reasons = Counter(r["error"] for r in rows if r["status"] == "error")
+    assert {k: _number(v) for k, v in browser_run["reasons"]} == reasons
+    assert sorted(browser_run["errorPaths"]) == sorted(
+        r["path"].replace("\n", "\\n") for r in rows if r["status"] == "error"
+    )
+    assert statuses["error"] == len(BROKEN) + 1
+
+
+@pytest.mark.browser
+def test_hostile_names_show_as_text_and_run_nothing(browser_run):
+    assert browser_run["dialogs"] == []
+    assert browser_run["scripts"] == 0 and browser_run["handlers"] == []
+    captions = browser_run["captions"]
+    for name in (HOSTILE, 'a&b "double" \'single\'.jpg', "ünïcødé 猫 كلب.jpg", "new\\nline.jpg", "rtl\\u202egpj.jpg"):
+        assert name in captions
+    assert '"><svg onload=alert(2)>.png' in browser_run["errorPaths"]
+    assert HOSTILE in browser_run["text"]
+
+
+@pytest.mark.browser
+def test_page_loads_nothing_from_the_network(browser_run):
+    assert browser_run["requests"] == [browser_run["url"]]
+
+
+@pytest.mark.browser
+def test_a_file_gone_since_labeling_is_a_placeholder_with_its_reason(browser_run):
+    assert browser_run["gone"] in browser_run["captions"]
+    assert "file not found" in browser_run["placeholders"]
