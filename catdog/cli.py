@@ -119,19 +119,19 @@ def predict_folder(
     model: Annotated[Path, typer.Option(envvar="CATDOG_MODEL", help="Model bundle folder, or its model.tflite / model.keras.")],
     out: Annotated[Path, typer.Option(help="CSV to write: path,label,p_dog,status,error.")],
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
-    threshold: Annotated[Optional[float], typer.Option(help="p_dog at or above which the label is dog [default: the model's].")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="p_dog at or above which the label is dog (default: the model's).")] = None,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Label files in subfolders too.")] = True,
     follow_links: Annotated[bool, typer.Option("--follow-links/--no-follow-links", help="Enter symlinked folders (each real folder once).")] = True,
     shard: Annotated[str, typer.Option(help="Label only shard K of N (0 <= K < N), chosen by a stable hash of each path.")] = "0/1",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its saved progress.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing CSV at --out.")] = False,
     runtime: Annotated[str, typer.Option(help="auto (LiteRT if available), litert or keras.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding threads of the local engine [default: the CPUs this process may use].")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding threads of the local engine (default: the CPUs this process may use).")] = None,
     engine: Annotated[str, typer.Option(help="local (threads on this machine) or ray (a Ray cluster).")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join [default: $RAY_ADDRESS, else a new local one].")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: $RAY_ADDRESS, else a new local one).")] = None,
     ray_cpus_per_actor: Annotated[int, typer.Option(min=1, help="CPUs (LiteRT and decode threads) per Ray actor.")] = 1,
-    ray_actors: Annotated[Optional[int], typer.Option(min=1, help="Ray actors at most [default: the cluster's CPUs / CPUs per actor].")] = None,
-    s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources [default: AWS's].")] = None,
+    ray_actors: Annotated[Optional[int], typer.Option(min=1, help="Ray actors at most (default: the cluster's CPUs / CPUs per actor).")] = None,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources (default: AWS's).")] = None,
 ) -> None:
     """Label every file under SOURCE as cat or dog into a CSV; bad files get status 'error' and a reason."""
     from catdog.predict import PredictOptions, RayOptions, parse_shard, predict, progress_path
@@ -163,11 +163,11 @@ def report(
     images: Annotated[str, typer.Option(metavar="SOURCE", help="The folder (or s3://bucket/prefix) the CSV was made from.")],
     out: Annotated[Path, typer.Option(help="HTML file to write (one self-contained page).")],
     model: Annotated[Optional[Path], typer.Option(envvar="CATDOG_MODEL", help="Model bundle the CSV was made with: its threshold and name.")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Threshold to mark and measure uncertainty from [default: the model's, else 0.5].")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Threshold to mark and measure uncertainty from (default: the one in the CSV's job record, else the model's, else 0.5).")] = None,
     max_images: Annotated[int, typer.Option(min=0, max=1000, help="Thumbnails to show in all: 2/5 the most uncertain, the rest a sample per label.")] = 240,
     seed: Annotated[int, typer.Option(help="Seed of the random sample per label (the same CSV and seed give the same page).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file at --out.")] = False,
-    s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources [default: AWS's].")] = None,
+    s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources (default: AWS's).")] = None,
 ) -> None:
     """Write an HTML report of a labels CSV: counts, p_dog histogram, uncertain images, samples, errors."""
     from catdog.report import ReportOptions, write_report
@@ -183,7 +183,7 @@ def report(
 @app.command("merge-labels")
 def merge_labels(
     out: Annotated[Path, typer.Argument(metavar="OUT", help="The merged CSV to write.")],
-    shards: Annotated[list[Path], typer.Argument(metavar="SHARD_CSV...", help="The CSVs of `predict-folder --shard K/N`, K = 0..N-1, in any order.")],
+    shards: Annotated[list[Path], typer.Argument(metavar="SHARD_CSV", help="The CSVs of `predict-folder --shard K/N`, K = 0..N-1, in any order.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file at OUT.")] = False,
 ) -> None:
     """Merge the shard CSVs of one sharded run into the CSV an unsharded run writes, checking every shard."""

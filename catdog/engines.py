@@ -41,7 +41,8 @@ def decode(
     if problem:
         return problem
     try:
-        return load_image(source.read(rel), size, max_pixels, gate)
+        with source.opened(rel) as data:
+            return load_image(data, size, max_pixels, gate)
     except ImageError as exc:
         return str(exc)
     except OSError as exc:  # an object that vanished or could not be fetched

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -9,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _umask() -> int:
@@ -74,3 +76,20 @@ def replace_dir(tmp_dir: Path, dest: Path) -> None:
             shutil.rmtree(backup)
         else:
             backup.unlink()
+
+
+class HashingReader(io.RawIOBase):
+    """A binary file whose bytes are counted into `self.sha256` as they are read (one pass: read and check)."""
+
+    def __init__(self, fh: BinaryIO):
+        self._fh = fh
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._fh.readinto(buffer)
+        if n:
+            self.sha256.update(memoryview(buffer)[:n])
+        return n

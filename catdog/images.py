@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -69,7 +70,7 @@ def _sniff_format(head: bytes) -> str | None:
     return None
 
 
-def open_image(source: Path | str | bytes) -> Image.Image:
+def open_image(source: Path | str | bytes | BinaryIO) -> Image.Image:
     """`Image.open` restricted to FORMATS; any other format is an `ImageError` naming it."""
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -77,6 +78,9 @@ def open_image(source: Path | str | bytes) -> Image.Image:
     except UnidentifiedImageError:
         if isinstance(source, bytes):
             head = source[:16]
+        elif hasattr(source, "read"):
+            source.seek(0)
+            head = source.read(16)
         else:
             with open(source, "rb") as fh:
                 head = fh.read(16)
@@ -88,7 +92,7 @@ def open_image(source: Path | str | bytes) -> Image.Image:
         raise
 
 
-def _open(source: Path | str | bytes, max_pixels: int) -> Image.Image:
+def _open(source: Path | str | bytes | BinaryIO, max_pixels: int) -> Image.Image:
     im = open_image(source)
     width, height = im.size
     if width * height > max_pixels:
@@ -116,7 +120,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 def load_image(
-    source: Path | str | bytes,
+    source: Path | str | bytes | BinaryIO,
     size: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     gate: Callable[[int], AbstractContextManager] | None = None,
@@ -167,7 +171,7 @@ def inspect_file(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tupl
     return hashlib.sha256(data).hexdigest(), check_image(data, max_pixels)
 
 
-def load_thumbnail(source: Path | str | bytes, max_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_thumbnail(source: Path | str | bytes | BinaryIO, max_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image as `load_image` does (EXIF orientation, first frame, alpha over white), scaled down to
     fit `max_side` x `max_side` with its aspect ratio kept: 8-bit RGB or gray. Raises `ImageError`."""
     try:

@@ -1,6 +1,6 @@
 """The job record of a sharded labeling run: `<out>.job.json` beside its CSV, what `merge-labels` checks.
 
-It says which job the CSV belongs to (source, model digest, threshold, shard K/N, recursion) and what the
+It says which job the CSV belongs to (source, model digest, threshold, shard K/N, recursion, links followed) and what the
 finished CSV holds (row count and sha256), so a merge can refuse shards of different jobs, a missing or
 doubled shard, and a CSV that was truncated or changed after its run.
 """
@@ -17,7 +17,7 @@ from catdog.errors import CatdogError
 from catdog.fsutil import write_json
 
 JOB_RECORD_VERSION = 1
-_FIELDS = ("version", "source", "model", "threshold", "shard", "recursive", "rows", "csv_sha256")
+_FIELDS = ("version", "source", "model", "threshold", "shard", "recursive", "follow_links", "rows", "csv_sha256")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -30,12 +30,13 @@ class JobRecord:
     recursive: bool
     rows: int  # data rows in the finished CSV
     csv_sha256: str  # hex sha256 of the finished CSV's bytes
+    follow_links: bool = True  # whether symlinked folders were entered
     version: int = JOB_RECORD_VERSION
 
     def job(self) -> dict:
         """What every shard of one job shares: its sharded runs differ only in K, rows and csv_sha256."""
         return {"source": self.source, "model": self.model, "threshold": self.threshold, "shards": self.shard[1],
-                "recursive": self.recursive}
+                "recursive": self.recursive, "follow_links": self.follow_links}
 
 
 def job_record_path(out: Path) -> Path:
@@ -67,7 +68,7 @@ def write_job_record(out: Path, record: JobRecord) -> None:
     """Write `<out>.job.json` atomically."""
     write_json(job_record_path(out), {
         "version": record.version, "source": record.source, "model": record.model, "threshold": record.threshold,
-        "shard": list(record.shard), "recursive": record.recursive, "rows": record.rows, "csv_sha256": record.csv_sha256,
+        "shard": list(record.shard), "recursive": record.recursive, "follow_links": record.follow_links, "rows": record.rows, "csv_sha256": record.csv_sha256,
     })
 
 
@@ -99,6 +100,7 @@ def read_job_record(out: Path) -> JobRecord:
         (isinstance(shard, list) and len(shard) == 2 and all(map(_is_int, shard)) and 0 <= shard[0] < shard[1],
          "shard must be [K, N] with 0 <= K < N"),
         (isinstance(raw["recursive"], bool), "recursive must be true or false"),
+        (isinstance(raw["follow_links"], bool), "follow_links must be true or false"),
         (_is_int(raw["rows"]) and raw["rows"] >= 0, "rows must be a count"),
         (isinstance(raw["csv_sha256"], str) and _SHA256.fullmatch(raw["csv_sha256"]), "csv_sha256 must be 64 hex digits"),
     ]
@@ -107,5 +109,5 @@ def read_job_record(out: Path) -> JobRecord:
             raise CatdogError(f"invalid job record {path}: {what}")
     return JobRecord(
         source=raw["source"], model=raw["model"], threshold=float(raw["threshold"]), shard=(shard[0], shard[1]),
-        recursive=raw["recursive"], rows=raw["rows"], csv_sha256=raw["csv_sha256"], version=raw["version"],
+        recursive=raw["recursive"], follow_links=raw["follow_links"], rows=raw["rows"], csv_sha256=raw["csv_sha256"], version=raw["version"],
     )

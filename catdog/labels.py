@@ -60,9 +60,14 @@ def own_files(out: Path) -> Callable[[str], bool]:
 def run_lock(out: Path) -> Iterator[None]:
     """Hold the exclusive lock on `out` for the block, or fail at once if another run holds it."""
     lock = lock_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise CatdogError(f"cannot write {out}: {out.parent} is not a folder")
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only mount, a file where the folder should be, ...
+            raise CatdogError(f"cannot write {out}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -24,6 +24,8 @@ NOISE = re.compile(
     r"[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    # Ray's C++ core ("[2026-12-01 11:53:15,949 E 407 407] core_worker.cc:2465: ...")
+    r"|\[\d{4}-\d\d-\d\d [\d:,.]+ [IWEF] \d+ \d+\] \S+:\d+: "
 )
 _fd2 = threading.RLock()  # one redirect of the process-wide fd 2 at a time
 
@@ -41,6 +43,14 @@ def configure(verbose: bool = False) -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if is_verbose() else "3"
 
 
+def _capture_file():
+    """An anonymous file in memory (memfd): works in a container whose /tmp is read-only or missing."""
+    try:
+        return os.fdopen(os.memfd_create("catdog-stderr"), "w+b")
+    except (AttributeError, OSError):
+        return tempfile.TemporaryFile()
+
+
 @contextmanager
 def native_stderr_filtered() -> Iterator[None]:
     """Run the block with fd 2 captured, then pass on what native and Python code wrote there, less the
@@ -55,7 +65,7 @@ def native_stderr_filtered() -> Iterator[None]:
         except OSError:  # no stderr at all: nothing to keep clean
             yield
             return
-        with tempfile.TemporaryFile() as capture:
+        with _capture_file() as capture:
             os.dup2(capture.fileno(), 2)
             try:
                 yield
@@ -69,3 +79,49 @@ def native_stderr_filtered() -> Iterator[None]:
                 if kept:
                     sys.stderr.write(kept)
                     sys.stderr.flush()
+
+
+@contextmanager
+def native_stderr_filtered_live() -> Iterator[None]:
+    """Like `native_stderr_filtered`, for long blocks that draw progress bars: fd 2 goes through a pipe and a
+    thread passes everything on as it comes, less whole library log lines (Ray's native core writes some)."""
+    if is_verbose():
+        yield
+        return
+    with _fd2:
+        sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+
+        def pump() -> None:
+            pending = b""
+            while chunk := os.read(read_end, 65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                out = b"".join(line + b"\n" for line in lines if not NOISE.match(line.decode("utf-8", "replace")))
+                if pending and not pending.startswith(b"["):  # a bar redrawn without a newline: pass it on now
+                    out, pending = out + pending, b""
+                if out:
+                    os.write(saved, out)
+            if pending and not NOISE.match(pending.decode("utf-8", "replace")):
+                os.write(saved, pending)
+
+        thread = threading.Thread(target=pump, name="catdog-stderr", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            # A process started in the block (a local Ray cluster) may still hold the pipe: wait a little, and
+            # if the pump still runs, leave it its two descriptors rather than close them under it.
+            thread.join(timeout=2)
+            if not thread.is_alive():
+                os.close(read_end)
+                os.close(saved)

@@ -5,13 +5,13 @@ holds one row per shard, whatever the row count. Everything is checked on the wa
 job record (`catdog.jobrecord`): same job (source, model, threshold, N, recursion), every shard 0..N-1
 exactly once, the catdog header, sorted rows, no path in two shards, each path in the shard its hash
 names, and each CSV's row count and sha256 as its run recorded them. The output is written to a temporary
-file and renamed onto OUT only when every check passed.
+file and renamed onto OUT only when every check passed, with its own record `<OUT>.job.json` (shard 0/1).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
+import dataclasses
 import heapq
 import io
 import os
@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+
 
 from catdog.errors import CatdogError
-from catdog.fsutil import atomic_path
-from catdog.jobrecord import JobRecord, job_record_path, read_job_record
+from catdog.fsutil import HashingReader, atomic_path
+from catdog.jobrecord import JobRecord, file_sha256, job_record_path, read_job_record, write_job_record
 from catdog.labels import COLUMNS, csv_writer, open_csv
 from catdog.sources import shard_of
 
@@ -60,23 +60,6 @@ class MergeSummary:
         return self.ok + self.error
 
 
-class _HashingReader(io.RawIOBase):
-    """A binary file whose bytes are counted into a sha256 as they are read."""
-
-    def __init__(self, fh: BinaryIO):
-        self._fh = fh
-        self.sha256 = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        n = self._fh.readinto(buffer)
-        if n:
-            self.sha256.update(memoryview(buffer)[:n])
-        return n
-
-
 @dataclass
 class _Shard:
     csv: Path
@@ -89,7 +72,7 @@ class _Shard:
         return f"{self.csv} (shard {k}/{n})"
 
 
-def _stream(shard: _Shard, index: int, raw: _HashingReader) -> Iterator[tuple[str, int, list[str]]]:
+def _stream(shard: _Shard, index: int, raw: HashingReader) -> Iterator[tuple[str, int, list[str]]]:
     """(sort key, shard index, row) for each data row, checking the header, the fields and the order."""
     text = io.TextIOWrapper(io.BufferedReader(raw, 1 << 20), encoding="utf-8", errors="backslashreplace", newline="")
     reader = csv.reader(text)
@@ -165,14 +148,14 @@ def merge_labels(options: MergeOptions) -> MergeSummary:
     n = _check_job(shards)
     ok = error = 0
     with ExitStack() as stack:
-        readers = [_HashingReader(stack.enter_context(open(shard.csv, "rb"))) for shard in shards]
+        readers = [HashingReader(stack.enter_context(open(shard.csv, "rb"))) for shard in shards]
         merged = heapq.merge(*(_stream(shard, i, raw) for i, (shard, raw) in enumerate(zip(shards, readers))))
         tmp = stack.enter_context(atomic_path(out))
         with open_csv(tmp, "w") as fh:
             writer = csv_writer(fh)
             writer.writerow(COLUMNS)
             held = None  # written once the next row shows it is not in two shards
-            for item in list(merged):
+            for item in merged:
                 if held is not None:
                     if item[0] == held[0]:
                         raise CatdogError(
@@ -184,6 +167,9 @@ def merge_labels(options: MergeOptions) -> MergeSummary:
                 ok, error = _write(writer, held, shards, n, ok, error)
         for shard, raw in zip(shards, readers):
             _check_content(shard, raw.sha256.hexdigest())
+        # The merged CSV's own record, as for one run of shard 0/1, before the CSV appears (as a run does).
+        merged_record = dataclasses.replace(shards[0].record, shard=(0, 1), rows=ok + error, csv_sha256=file_sha256(tmp))
+        write_job_record(out, merged_record)
     return MergeSummary(out, shards[0].record.source, n, ok, error)
 
 

@@ -148,7 +148,7 @@ def _job_recorder(source: Source, options: PredictOptions, threshold: float, lab
                 digest.update(chunk)
         write_job_record(options.out, JobRecord(
             source=source.describe(), model=model_digest(model_file, model_file.parent / "meta.json"),
-            threshold=threshold, shard=options.shard, recursive=options.recursive,
+            threshold=threshold, shard=options.shard, recursive=options.recursive, follow_links=options.follow_links,
             rows=labels.ok + labels.error, csv_sha256=digest.hexdigest(),
         ))
 

@@ -17,7 +17,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-_console = Console(stderr=True)
+# Decided once: while a Ray run filters fd 2 through a pipe, the bars keep drawing on the terminal.
+_console = Console(stderr=True, force_terminal=True if sys.stderr.isatty() else None)
 
 
 @contextmanager
@@ -31,7 +32,7 @@ def progress_bar(description: str, total: float | None, unit: str = "items") -> 
         TimeRemainingColumn(),
         console=_console,
         transient=True,
-        disable=not sys.stderr.isatty(),
+        disable=not _console.is_terminal,
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)

@@ -12,20 +12,24 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from catdog.cpus import usable_cpus
 from catdog.engines import Scored, decode, score_batch
 from catdog.errors import CatdogError
+from catdog.logs import is_verbose, native_stderr_filtered_live
 from catdog.runtime import ModelMeta, resolve_model_file
 from catdog.sources import Listing, LocalSource, Source
 
 if TYPE_CHECKING:
     from catdog.predict import PredictOptions
 
+RETRIES = 4  # restarts of a dead actor, and reruns of a batch it was running
 BLOCKS_PER_BATCH = 4  # rows per Ray block = batch size x this: small enough to spread, large enough to be cheap
 
 
@@ -40,12 +44,15 @@ def require_ray() -> None:
 class Labeler:
     """A Ray Data actor: one model, one small decode pool, called with batches of {"i", "rel", "problem"}."""
 
-    def __init__(self, source: Source, model_name: str, model_bytes: bytes, meta_bytes: bytes, runtime: str, threads: int, max_pixels: int | None):
+    def __init__(self, source: Source, model_name: str, bundle: list, runtime: str, threads: int, max_pixels: int | None):
         from concurrent.futures import ThreadPoolExecutor
+
+        import ray
 
         from catdog.engines import large_decode_gate
         from catdog.runtime import load_predictor
 
+        model_bytes, meta_bytes = ray.get(bundle[0])  # a reference the driver holds for the whole run
         with tempfile.TemporaryDirectory(prefix="catdog-model-") as tmp:  # LiteRT keeps the model mapped
             folder = Path(tmp)
             (folder / model_name).write_bytes(model_bytes)
@@ -72,17 +79,20 @@ class Labeler:
 def _connect(address: str | None) -> None:
     import ray
 
+    own = {}
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        # A cluster of our own on this machine: loopback only, no dashboard, no usage report.
+        # A cluster of our own on this machine: loopback only, no dashboard, no usage report, and only the
+        # CPUs this process may use (Ray would count every core of the node).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        own = {"num_cpus": usable_cpus()}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    verbose = os.environ.get("CATDOG_LOG_LEVEL", "").lower() == "debug"
+    verbose = is_verbose()
     try:
         # The driver's AWS settings (credentials, region, endpoint) reach the actors that read S3 objects.
         aws = {key: value for key, value in os.environ.items() if key.startswith("AWS_")}
         ray.init(
             address=address, include_dashboard=False, log_to_driver=verbose, runtime_env={"env_vars": aws} if aws else None,
-            logging_level=logging.INFO if verbose else logging.ERROR, ignore_reinit_error=True,
+            logging_level=logging.INFO if verbose else logging.ERROR, ignore_reinit_error=True, **own,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise CatdogError(f"cannot connect to the Ray cluster {address or os.environ.get('RAY_ADDRESS') or '(local)'}: {' '.join(str(exc).split())[:200]}") from None
@@ -112,37 +122,50 @@ def score_ray(source: Source, listing: Listing, model: Path, meta: ModelMeta, op
     """Yield batches in listing order, scored on the Ray cluster of `options.ray.address`."""
     if not listing.paths:
         return
-    import ray
-    import ray.data
-
     model_file, runtime = resolve_model_file(model, options.runtime)
     if runtime != "litert":
         raise CatdogError("--engine ray runs the bundle's model.tflite with LiteRT: give a bundle with model.tflite (or --runtime litert)")
     if isinstance(source, LocalSource):  # the actors' working folder is not the driver's
         source = LocalSource(source.describe())
+    with native_stderr_filtered_live(), warnings.catch_warnings():
+        if not is_verbose():  # Ray Data's advice to its own developers ("the operator only received 1 input")
+            warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+        yield from _score(source, listing, model_file, runtime, options)
+
+
+def _score(source: Source, listing: Listing, model_file: Path, runtime: str, options: PredictOptions) -> Iterator[list[Scored]]:
+    import ray
+    import ray.data
+
     _connect(options.ray.address)
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
         cpus = options.ray.cpus_per_actor
-        actors = options.ray.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
-        scored = _dataset(listing, options.batch_size).map_batches(
-            Labeler,
-            fn_constructor_kwargs={
-                "source": source, "model_name": model_file.name, "model_bytes": model_file.read_bytes(),
-                "meta_bytes": (model_file.parent / "meta.json").read_bytes(), "runtime": runtime, "threads": cpus,
-                "max_pixels": options.max_pixels,
-            },
-            batch_size=options.batch_size,
-            batch_format="numpy",
-            zero_copy_batch=True,
-            num_cpus=cpus,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-            # A worker process that dies is replaced and its batch run again.
-            max_restarts=4,
-            max_task_retries=4,
-        )
+        actors = options.ray.actors or max(1, int(ray.available_resources().get("CPU", 1) // cpus))
+        bundle = ray.put((model_file.read_bytes(), (model_file.parent / "meta.json").read_bytes()))
+        with warnings.catch_warnings():  # Ray 2.60 deprecates actor options as keywords; nothing replaces them yet
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scored = _dataset(listing, options.batch_size).map_batches(
+                Labeler,
+                # The bundle goes into the object store once; actors get a reference (inside a list, so Ray
+                # does not resolve it for them) that the driver keeps alive, so a restarted actor loads it again.
+                fn_constructor_kwargs={
+                    "source": source, "model_name": model_file.name, "bundle": [bundle], "runtime": runtime,
+                    "threads": cpus, "max_pixels": options.max_pixels,
+                },
+                batch_size=options.batch_size,
+                batch_format="numpy",
+                zero_copy_batch=True,
+                num_cpus=cpus,
+                # All actors start at once: growing the pool one actor at a time costs seconds per actor.
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                # A worker process that dies is replaced and its batch run again, a bounded number of times
+                # (Ray Data's default is forever: a file that crashes its decoder would hang the run).
+                max_restarts=RETRIES,
+                max_task_retries=RETRIES,
+            )
         expected = 0
         try:
             for out in scored.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):

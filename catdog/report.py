@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import hashlib
 import heapq
 import html
 import io
@@ -22,8 +21,9 @@ from pathlib import Path
 
 from catdog.cpus import usable_cpus
 from catdog.errors import CatdogError
-from catdog.fsutil import write_text
+from catdog.fsutil import HashingReader, write_text
 from catdog.images import DEFAULT_MAX_PIXELS, ImageError, describe_error, load_thumbnail
+from catdog.jobrecord import file_sha256, job_record_path, read_job_record
 from catdog.labels import COLUMNS
 from catdog.runtime import ModelMeta
 from catdog.sources import LocalSource, Source, open_source
@@ -42,7 +42,7 @@ JPEG_QUALITY = 80
 
 @dataclass(frozen=True)
 class ReportOptions:
-    threshold: float | None = None  # None: the model's (meta.json), else DEFAULT_THRESHOLD
+    threshold: float | None = None  # None: the one the CSV's job record states, else the model's, else DEFAULT_THRESHOLD
     model: Path | None = None
     max_images: int = DEFAULT_IMAGES
     seed: int = 0
@@ -162,22 +162,6 @@ class _Reservoir:
         self.seen += 1
 
 
-class _Digesting(io.RawIOBase):
-    """A binary file that hashes what is read through it."""
-
-    def __init__(self, fh: io.BufferedReader, digest: hashlib._Hash):
-        self._fh, self._digest = fh, digest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        n = self._fh.readinto(buffer)
-        if n:
-            self._digest.update(memoryview(buffer)[:n])
-        return n
-
-
 def summarize_labels(csv_path: Path, selection: Selection) -> LabelSummary:
     """One streaming pass over a labels CSV (path,label,p_dog,status,error) into a bounded summary.
 
@@ -186,7 +170,6 @@ def summarize_labels(csv_path: Path, selection: Selection) -> LabelSummary:
     summary = LabelSummary()
     nearest = _Nearest(selection.n_uncertain, selection.threshold)
     reservoirs: dict[str, _Reservoir] = {}
-    digest = hashlib.sha256()
     t, positive = selection.threshold, selection.positive
     disagreements = 0
     histogram = summary.histogram
@@ -197,7 +180,7 @@ def summarize_labels(csv_path: Path, selection: Selection) -> LabelSummary:
     except IsADirectoryError:
         raise CatdogError(f"{csv_path} is a folder; give the labels CSV") from None
     with raw, io.TextIOWrapper(
-        io.BufferedReader(_Digesting(raw, digest)), encoding="utf-8-sig", errors="backslashreplace", newline=""
+        io.BufferedReader(hashing := HashingReader(raw)), encoding="utf-8-sig", errors="backslashreplace", newline=""
     ) as fh:
         reader = csv.reader(fh)
 
@@ -269,7 +252,7 @@ def summarize_labels(csv_path: Path, selection: Selection) -> LabelSummary:
     summary.uncertain = nearest.rows()
     summary.samples = {label: sorted(r.rows, key=lambda row: row.path) for label, r in sorted(reservoirs.items())}
     summary.disagreements = disagreements if positive is not None else None
-    summary.sha256 = digest.hexdigest()
+    summary.sha256 = hashing.sha256.hexdigest()
     return summary
 
 
@@ -291,11 +274,13 @@ def thumbnail(source: Source, rel: str, side: int = THUMB_SIDE, max_pixels: int 
     if not _inside(rel):
         return Thumbnail(problem="not a relative path inside the images source")
     try:
-        image = load_thumbnail(source.read(rel), side, max_pixels)
+        with source.opened(rel) as data:
+            image = load_thumbnail(data, side, max_pixels)
     except ImageError as exc:
         return Thumbnail(problem=str(exc))
     except OSError as exc:  # the object could not be fetched (S3)
-        return Thumbnail(problem=describe_error(exc))
+        known = isinstance(exc, (FileNotFoundError, PermissionError))
+        return Thumbnail(problem=describe_error(exc) if known else f"cannot read: {' '.join(str(exc).split())}")
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=JPEG_QUALITY)
     uri = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -304,7 +289,7 @@ def thumbnail(source: Source, rel: str, side: int = THUMB_SIDE, max_pixels: int 
 
 def histogram_svg(counts: list[int], threshold: float, width: int = 640, height: int = 220) -> str:
     """Bars of `counts` over equal bins of 0-1 on a log scale (the middle bins are small), the threshold marked."""
-    left, right, top, bottom = 48, 12, 18, 36
+    left, right, top, bottom = 56, 12, 22, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     n = len(counts)
     peak = math.log10(1 + max(counts, default=0)) or 1.0
@@ -336,6 +321,10 @@ def histogram_svg(counts: list[int], threshold: float, width: int = 640, height:
         parts.append(f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" stroke="#444"/>')
         parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" font-size="11">{tick / 10:.1f}</text>')
     parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" font-size="11">p_dog</text>')
+    parts.append(
+        f'<text x="12" y="{top + plot_h / 2:.1f}" text-anchor="middle" font-size="11" '
+        f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">images (log scale)</text>'
+    )
     tx = left + plot_w * threshold
     parts.append(f'<line x1="{tx:.1f}" y1="{top - 6}" x2="{tx:.1f}" y2="{top + plot_h}" stroke="#c0392b" stroke-width="2" stroke-dasharray="5,3"/>')
     anchor = "end" if threshold > 0.8 else "start"
@@ -383,7 +372,7 @@ figure img{display:block;margin:0 auto;max-width:100%;height:auto}
 .missing{box-sizing:border-box;width:160px;height:120px;margin:0 auto;padding:8px;display:flex;align-items:center;
 justify-content:center;text-align:center;font-size:12px;color:#922;border:2px dashed #d99;background:#fff4f4}
 figcaption{margin-top:4px;font-size:12px}.p{font-weight:600}.note{color:#666}.warn{color:#922;font-weight:600}
-ul.paths{margin:.2em 0;padding-left:1.4em}
+ul.paths{margin:.2em 0;padding-left:1.4em}.tables{display:flex;flex-wrap:wrap;gap:0 3em;align-items:flex-start}
 """
 
 
@@ -436,7 +425,7 @@ def render_report(summary: LabelSummary, thumbs: dict[str, Thumbnail], info: Pro
             "the CSV was made with another threshold or model.</p>"
         )
 
-    out.append('<section id="counts"><h2>Counts</h2><table><thead><tr><th>status</th><th class="n">rows</th></tr></thead><tbody>')
+    out.append('<section id="counts"><h2>Counts</h2><div class="tables"><table><thead><tr><th>status</th><th class="n">rows</th></tr></thead><tbody>')
     for status, n in summary.statuses.items():
         out.append(f'<tr data-status="{e(status)}"><td>{e(status)}</td>{_count_cell(n)}</tr>')
     out.append(f'<tr data-status="total"><th>total</th>{_count_cell(summary.rows)}</tr></tbody></table>')
@@ -449,7 +438,7 @@ def render_report(summary: LabelSummary, thumbs: dict[str, Thumbnail], info: Pro
             f'<tr data-label="{e(label)}"><td>{e(label)}</td>{_count_cell(stats.count)}<td class="n">{share}</td>'
             f"<td>{stats.p_min:.4f} - {stats.p_max:.4f}</td></tr>"
         )
-    out.append("</tbody></table></section>")
+    out.append("</tbody></table></div></section>")
 
     out.append('<section id="histogram"><h2>p_dog</h2>')
     out.append(histogram_svg(summary.histogram, info.threshold) if ok else '<p class="note">No ok rows.</p>')
@@ -471,9 +460,13 @@ def render_report(summary: LabelSummary, thumbs: dict[str, Thumbnail], info: Pro
     out.append("</section>")
 
     n_errors = summary.statuses["error"]
-    out.append(f'<section id="errors"><h2>Errors</h2><p class="note">{n_errors:,} files could not be labelled.</p>')
+    out.append(f'<section id="errors"><h2>Errors</h2><p class="note">Files that could not be labelled: {n_errors:,}, by reason.</p>')
     for reason, stats in sorted(summary.reasons.items(), key=lambda kv: (-kv[1].count, kv[0])):
-        out.append(f'<div class="reason"><h3><span class="why">{e(reason)}</span>: <span data-count="{stats.count}">{stats.count:,}</span></h3>')
+        files = "file" if stats.count == 1 else "files"
+        out.append(
+            f'<div class="reason"><h3><span class="why">{e(reason)}</span> '
+            f'<span class="note">(<span data-count="{stats.count}">{stats.count:,}</span> {files})</span></h3>'
+        )
         out.append('<ul class="paths">' + "".join(f'<li class="path">{e(p)}</li>' for p in stats.paths) + "</ul>")
         if stats.count > len(stats.paths):
             out.append(f'<p class="note">and {stats.count - len(stats.paths):,} more</p>')
@@ -501,6 +494,18 @@ def _model_meta(model: Path) -> ModelMeta:
     return ModelMeta.read((model if model.is_dir() else model.parent) / "meta.json")
 
 
+def _recorded_threshold(labels_csv: Path) -> float | None:
+    """The threshold a sharded run recorded beside its CSV (`<csv>.job.json`), when that record is readable and
+    still describes the CSV (same sha256); None otherwise. A stale or broken record is no reason to fail a report."""
+    if not job_record_path(labels_csv).is_file():
+        return None
+    try:
+        record = read_job_record(labels_csv)
+        return record.threshold if record.csv_sha256 == file_sha256(labels_csv) else None
+    except (CatdogError, OSError):
+        return None
+
+
 def write_report(labels_csv: Path, images: str, out: Path, options: ReportOptions) -> ReportResult:
     """Summarize `labels_csv`, decode the images it shows from `images` (a folder or S3 prefix), write `out`."""
     out, labels_csv = Path(out), Path(labels_csv)
@@ -513,8 +518,11 @@ def write_report(labels_csv: Path, images: str, out: Path, options: ReportOption
     if not 0 <= options.max_images <= MAX_IMAGES:
         raise CatdogError(f"--max-images {options.max_images}: choose 0 to {MAX_IMAGES}")
     meta = _model_meta(options.model) if options.model is not None else None
+    recorded = _recorded_threshold(labels_csv) if options.threshold is None else None
     if options.threshold is not None:
         threshold, threshold_from = options.threshold, "given with --threshold"
+    elif recorded is not None:
+        threshold, threshold_from = recorded, f"the one the labeling run used, from {job_record_path(labels_csv).name}"
     elif meta is not None:
         threshold, threshold_from = meta.threshold, "the model's, from its meta.json"
     else:

@@ -13,9 +13,10 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from catdog.errors import CatdogError
 
@@ -39,8 +40,9 @@ class Source(Protocol):
     def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
         """Every file, sorted by relative path; `skip(real_path)` leaves out (local) files such as the run's own CSV."""
 
-    def read(self, rel: str) -> str | bytes:
-        """What `catdog.images.load_image` takes for that file: a local path, or the object's bytes."""
+    def opened(self, rel: str) -> AbstractContextManager[BinaryIO | bytes]:
+        """The file for `catdog.images.load_image`: an open regular file, or the object's bytes; OSError if it
+        cannot be read."""
 
     def read_bytes(self, rel: str) -> bytes:
         """The file's bytes; OSError (FileNotFoundError when it is gone) if it cannot be read."""
@@ -63,8 +65,22 @@ class LocalSource:
     def describe(self) -> str:
         return os.path.abspath(self.root)
 
-    def read(self, rel: str) -> str:
-        return os.path.join(self.root, rel)
+    @contextmanager
+    def opened(self, rel: str) -> Iterator[BinaryIO]:
+        # O_NONBLOCK: a FIFO put in a file's place after listing must not block the reading thread for good.
+        fd = os.open(os.path.join(self.root, rel), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                from catdog.images import ImageError
+
+                raise ImageError(_special(mode) or "not a regular file")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            yield fh
 
     def read_bytes(self, rel: str) -> bytes:
         with open(os.path.join(self.root, rel), "rb") as fh:
@@ -168,8 +184,9 @@ class S3Source:
     def _fs(self):
         return _s3_filesystem(self.endpoint_url)
 
-    def read(self, rel: str) -> bytes:
-        return self.read_bytes(rel)
+    @contextmanager
+    def opened(self, rel: str) -> Iterator[bytes]:
+        yield self.read_bytes(rel)
 
     def read_bytes(self, rel: str) -> bytes:
         try:

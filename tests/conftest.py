@@ -10,6 +10,8 @@ import subprocess
 import sys
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -320,3 +322,33 @@ def real_photos_folder(dataset: RealDataset, dest: Path, per_class: int = 20) ->
 def real_photos(real_dataset, tmp_path_factory) -> Path:
     """A session-wide folder of 40 real photos plus broken files (see real_photos_folder); do not modify it."""
     return real_photos_folder(real_dataset, tmp_path_factory.mktemp("real_photos") / "photos")
+
+
+@contextmanager
+def moto_s3(access_key: str = "k", secret_key: str = "s") -> Iterator[tuple[str, object]]:
+    """A moto S3 server on a free 127.0.0.1 port: yields its endpoint URL and a boto3 client; stopped afterwards."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        yield url, boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=access_key, aws_secret_access_key=secret_key)
+    finally:
+        server.stop()
+
+
+def aws_free_env(tmp: Path, **credentials: str) -> dict[str, str]:
+    """cli_env() with every ambient AWS credential and config source removed (plus `credentials`, e.g.
+    AWS_ACCESS_KEY_ID=...), and nothing (instance metadata, proxies) tried beyond 127.0.0.1."""
+    env = {key: value for key, value in cli_env().items() if not key.startswith("AWS_") or key == "AWS_CA_BUNDLE"}
+    env.update(
+        AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-credentials"), AWS_DEFAULT_REGION="us-east-1",
+        NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **credentials,
+    )
+    return env

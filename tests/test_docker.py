@@ -20,9 +20,11 @@ import subprocess
 import time
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import (
     REPO,
     SHARED,
@@ -102,7 +104,7 @@ def base_image() -> str:
     return found.group(1) if found else "python:3.11-slim"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session scope: set up before (and, when it skips, instead of) tiny_bundle
 def engine() -> None:
     """The running engine, or one started by ../shared/docker/engine.sh; and the base image, from
     ../shared/docker/base-image.sh there, else pulled. Without either the tests skip (fail with CI=true)."""
@@ -299,7 +301,7 @@ def test_unwritable_output_is_a_one_line_error(images, photos):
     """`--out` inside the read-only input mount: a one-line `error:`, not a traceback."""
     result = docker("run", "--rm", "-v", f"{photos}:/data:ro", images["baked"], "predict-folder", "/data",
                     "--out", "/data/labels.csv", check=False)
-    assert_one_line_error(result, "error: /data/labels.csv.partial: Read-only file system")
+    assert_one_line_error(result, "error: cannot write /data/labels.csv: Read-only file system")
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, message: str | None) -> None:
@@ -328,3 +330,102 @@ def test_code_change_rebuilds_from_cached_dependencies(images, context, tmp_path
     built = docker("run", "--rm", "--entrypoint", "python", f"{IMAGE}:rebuilt", "-c", "import catdog; print(catdog.BUILD_MARK)")
     assert built.stdout.strip() == mark
     docker("image", "rm", f"{IMAGE}:rebuilt")
+
+
+# ------------------------------------------------------------------- many containers: the Kubernetes Jobs (issue 12)
+
+KUBERNETES = REPO / "deploy" / "kubernetes"
+
+
+def expand_kubernetes_vars(text: str, env: dict[str, str]) -> str:
+    """What Kubernetes does to command and args: `$(NAME)` becomes the container's env value, `$$` a
+    literal `$`, and a reference to a name the container does not have stays as written."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes CPU or memory quantity ("500m", "2", "512Mi", "1Gi") as a number (CPUs, bytes)."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
+    found = re.fullmatch(r"([\d.]+)(m|Ki|Mi|Gi|k|M|G)?", str(text))
+    assert found, text
+    return float(found.group(1)) * units.get(found.group(2) or "", 1)
+
+
+def docker_run_as_kubernetes(job: dict, image: str, volumes: dict[str, Path], given: dict[str, str]) -> list[str]:
+    """`docker run` arguments that start the Job's pod as Kubernetes would: its uid and gid, read-only root
+    file system, no capabilities, its CPU and memory limits, its volumes (read-only where the manifest
+    says; an emptyDir as a tmpfs), its env (`given` supplies what the cluster would: the completion index), its command and args
+    with $(VAR) expanded. `image` replaces the manifest's, `volumes` maps volume names to host folders."""
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    pod_security, security = pod.get("securityContext", {}), container.get("securityContext", {})
+    args = ["run", "--rm"]
+    if "runAsUser" in pod_security:
+        args += ["--user", f"{pod_security['runAsUser']}:{pod_security.get('runAsGroup', 0)}"]
+    if security.get("readOnlyRootFilesystem"):
+        args.append("--read-only")
+    if "ALL" in security.get("capabilities", {}).get("drop", []):
+        args += ["--cap-drop", "ALL"]
+    if security.get("allowPrivilegeEscalation") is False:
+        args += ["--security-opt", "no-new-privileges"]
+    limits = container["resources"]["limits"]
+    memory = str(int(quantity(limits["memory"])))
+    args += ["--cpus", str(quantity(limits["cpu"])), "--memory", memory, "--memory-swap", memory]
+    claims = {volume["name"]: volume for volume in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        volume = claims[mount["name"]]
+        if "emptyDir" in volume:
+            args += ["--tmpfs", mount["mountPath"]]
+            continue
+        read_only = mount.get("readOnly") or volume.get("persistentVolumeClaim", {}).get("readOnly")
+        args += ["-v", f"{volumes[mount['name']]}:{mount['mountPath']}{':ro' if read_only else ''}"]
+    env = dict(given)
+    for var in container.get("env", []):
+        env[var["name"]] = var["value"] if "value" in var else given[var["name"]]
+    for name, value in env.items():
+        args += ["-e", f"{name}={value}"]
+    words = [expand_kubernetes_vars(word, env) for word in container.get("command", []) + container.get("args", [])]
+    assert not any("$(" in word for word in words), words
+    if "command" in container:
+        return args + ["--entrypoint", words[0], image, *words[1:]]
+    return args + [image, *words]
+
+
+def test_indexed_job_pods_and_the_merge_job_give_the_single_run_csv(images, photos, tmp_path):
+    """The Indexed Job's N pods, started at once with the manifest's own args, user, limits and mounts,
+    then the merge Job: its labels.csv is the single run's, byte for byte."""
+    label_job = yaml.safe_load((KUBERNETES / "label-job.yaml").read_text())
+    merge_job = yaml.safe_load((KUBERNETES / "merge-job.yaml").read_text())
+    n = label_job["spec"]["completions"]
+    assert label_job["spec"]["completionMode"] == "Indexed" and label_job["spec"]["parallelism"] == n > 1
+    out = writable_dir(tmp_path / "out")
+    pods = [docker_run_as_kubernetes(label_job, images["baked"], {"photos": photos, "labels": out}, {"JOB_COMPLETION_INDEX": str(k)})
+            for k in range(n)]
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda args: docker(*args, check=False), pods))
+    for k, result in enumerate(results):
+        assert result.returncode == 0, (k, result.args, result.stderr)
+        assert f"-> /out/labels-{k}.csv" in result.stderr
+    shards = [f"labels-{k}.csv" for k in range(n)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(shards + [f"{name}.job.json" for name in shards])
+    merged = docker(*docker_run_as_kubernetes(merge_job, images["baked"], {"labels": out}, {}))
+    assert f"merged {n} shards of /data" in merged.stderr
+    single = writable_dir(tmp_path / "single")
+    docker("run", "--rm", "-v", f"{photos}:/data:ro", "-v", f"{single}:/out", images["baked"],
+           "predict-folder", "/data", "--out", "/out/labels.csv")
+    assert (out / "labels.csv").read_bytes() == (single / "labels.csv").read_bytes()
+    assert_labels(out / "labels.csv")
+
+
+def test_merge_job_refuses_a_missing_shard_in_one_line(images, photos, tmp_path):
+    """The merge Job with one shard's CSV gone fails with catdog's one-line error (what kubectl logs shows)."""
+    label_job = yaml.safe_load((KUBERNETES / "label-job.yaml").read_text())
+    merge_job = yaml.safe_load((KUBERNETES / "merge-job.yaml").read_text())
+    n = label_job["spec"]["completions"]
+    out = writable_dir(tmp_path / "out")
+    for k in (0, n - 1):
+        docker(*docker_run_as_kubernetes(label_job, images["baked"], {"photos": photos, "labels": out}, {"JOB_COMPLETION_INDEX": str(k)}))
+    result = docker(*docker_run_as_kubernetes(merge_job, images["baked"], {"labels": out}, {}), check=False)
+    missing = ", ".join(f"{k}/{n}" for k in range(1, n - 1))
+    assert_one_line_error(result, f"error: shard {missing} of /data missing: pass all {n} shard CSVs of the job")
+    assert not (out / "labels.csv").exists()

@@ -219,3 +219,27 @@ def test_the_cgroup_v2_cpu_quota_caps_the_count(tmp_path):
 ])
 def test_the_label_agrees_with_the_printed_p_dog(p_dog, threshold, label, printed):
     assert format_row("x.jpg", p_dog, None, ("cat", "dog"), threshold) == ("x.jpg", label, printed, "ok", "")
+
+
+def test_a_fifo_put_in_a_files_place_after_listing_is_an_error_row_not_a_hang(tmp_path):
+    from catdog.engines import decode
+
+    make_image(tmp_path / "a.jpg")
+    source = LocalSource(str(tmp_path))
+    assert source.list().paths == ["a.jpg"]
+    (tmp_path / "a.jpg").unlink()
+    os.mkfifo(tmp_path / "a.jpg")
+    assert decode(source, "a.jpg", None, 8, 10_000) == "not a regular file (a FIFO)"
+
+
+def test_a_cgroup_v1_cfs_quota_caps_the_count_too(tmp_path):
+    """Older Docker engines (cgroup v1): `docker run --cpus 1.5` sets cpu.cfs_quota_us / cpu.cfs_period_us."""
+    folder = tmp_path / "cpu,cpuacct" / "docker" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "cpu.cfs_quota_us").write_text("150000\n")
+    (folder / "cpu.cfs_period_us").write_text("100000\n")
+    membership = tmp_path / "cgroup"
+    membership.write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n")
+    assert cgroup_quota(tmp_path, membership) == 1.5
+    (folder / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_quota(tmp_path, membership) is None

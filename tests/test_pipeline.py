@@ -7,7 +7,7 @@ import pytest
 
 from conftest import WEIGHTS_035_SHA256, library_log_lines, make_project, run
 
-STAGES = ("fetch", "split", "train", "evaluate", "predict-folder")
+STAGES = ("fetch", "split", "train", "evaluate", "predict-folder", "report")
 
 
 @pytest.mark.integration
@@ -51,6 +51,8 @@ def test_dvc_repro_on_real_photos_produces_model_metrics_and_labels(tmp_path, re
         rows = list(csv.DictReader(fh))
     assert [r["path"] for r in rows] == files and len(files) == 3000
     assert {r["status"] for r in rows} == {"ok"}
+    page = (project / "eval/labels_report.html").read_text(encoding="utf-8")
+    assert "3,000" in page and "<svg" in page and "data:image/jpeg;base64," in page
 
     second = run(["dvc", "repro"], cwd=project)
     assert "Running stage" not in second.stdout

@@ -7,13 +7,12 @@ A moto S3 server on 127.0.0.1 stands in for S3-compatible storage. The credentia
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from conftest import catdog, cli_env, make_project, run, tiny_overrides
+from conftest import aws_free_env, catdog, make_project, moto_s3, run, tiny_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -26,39 +25,14 @@ SECRET_KEY = "catdog-test-SECRET-9f3a1c"  # a recognisable string to look for in
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1 (free port) with one empty bucket; stopped afterwards."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        boto3.client(
-            "s3", endpoint_url=url, region_name="us-east-1",
-            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-        ).create_bucket(Bucket=BUCKET)
+    with moto_s3(ACCESS_KEY, SECRET_KEY) as (url, client):
+        client.create_bucket(Bucket=BUCKET)
         yield url
-    finally:
-        server.stop()
 
 
 def offline_env(tmp: Path) -> dict[str, str]:
-    """cli_env() with every ambient AWS credential/config source removed, so only `.dvc/config.local` can
-    supply credentials, and nothing (instance metadata, proxies) is tried beyond 127.0.0.1."""
-    env = cli_env()
-    for key in list(env):
-        if key.startswith("AWS_") and key != "AWS_CA_BUNDLE":
-            del env[key]
-    env.update(
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=str(tmp / "no-aws-config"),
-        AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-credentials"),
-        AWS_DEFAULT_REGION="us-east-1",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-    )
-    return env
+    """No ambient AWS credentials: only `.dvc/config.local` can supply them."""
+    return aws_free_env(tmp)
 
 
 def set_credentials(project: Path, env: dict[str, str]) -> None:
@@ -77,7 +51,7 @@ def assert_up_to_date(project: Path, env: dict[str, str]) -> None:
     out = repro.stdout + repro.stderr
     assert "Data and pipelines are up to date." in out, out
     assert "Running stage" not in out, out
-    for stage in ("fetch", "split", "train", "evaluate", "predict-folder"):
+    for stage in ("fetch", "split", "train", "evaluate", "predict-folder", "report"):
         assert f"Stage '{stage}' didn't change, skipping" in out, out
 
 

@@ -3,12 +3,11 @@ both engines; a missing bucket is a one-line error; an object that vanishes mid-
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
 
-from conftest import catdog, cli_env
+from conftest import aws_free_env, catdog, moto_s3
 
 pytestmark = pytest.mark.integration
 
@@ -19,32 +18,16 @@ PREFIX = "batch 1/photos"  # a space: keys are not URLs
 @pytest.fixture(scope="module")
 def s3(real_photos):
     """A moto server on a free loopback port holding `real_photos` under s3://BUCKET/PREFIX/; stopped afterwards."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
+    with moto_s3() as (url, client):
         client.create_bucket(Bucket=BUCKET)
         for path in sorted(p for p in real_photos.rglob("*") if p.is_file()):
             client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{path.relative_to(real_photos).as_posix()}", Body=path.read_bytes())
         client.put_object(Bucket=BUCKET, Key="elsewhere/not-in-prefix.jpg", Body=b"x")
         yield url, client
-    finally:
-        server.stop()
 
 
 def s3_env(tmp: Path) -> dict[str, str]:
-    env = {key: value for key, value in cli_env().items() if not key.startswith("AWS_")}
-    env.update(
-        AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=str(tmp / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-credentials"),
-        NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-    )
-    return env
+    return aws_free_env(tmp, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
 
 
 @pytest.fixture(scope="module")
