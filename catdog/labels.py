@@ -150,14 +150,15 @@ class LabelsCSV:
             )
         if not isinstance(saved.get("bytes"), int) or self.partial.stat().st_size < saved["bytes"]:
             raise CatdogError(f"cannot resume: {self.partial} does not match its saved progress; rerun without --resume")
+        counts = (saved.get("ok"), saved.get("error"))
+        if not all(isinstance(n, int) and n >= 0 for n in counts):
+            raise CatdogError(f"cannot resume: {self.progress} is unreadable; rerun without --resume")
+        self.ok, self.error = counts
         return saved["bytes"], saved.get("last")
 
     def __enter__(self) -> LabelsCSV:
         if self._keep:
             os.truncate(self.partial, self._keep)
-            with open_csv(self.partial) as fh:
-                statuses = [row["status"] for row in csv.DictReader(fh)]
-            self.ok, self.error = statuses.count("ok"), statuses.count("error")
         elif self.progress.exists():  # starting over: an older run's progress no longer describes the partial CSV
             self.progress.unlink()
         self._fh = open_csv(self.partial, "a" if self._keep else "w")
@@ -181,7 +182,10 @@ class LabelsCSV:
             return
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        write_json(self.progress, {"version": PROGRESS_VERSION, "key": self.key, "files": self.files, "bytes": self._fh.tell(), "last": last})
+        write_json(self.progress, {
+            "version": PROGRESS_VERSION, "key": self.key, "files": self.files, "bytes": self._fh.tell(), "last": last,
+            "ok": self.ok, "error": self.error,
+        })
 
     def finish(self, before_rename: Callable[[Path], None] | None = None) -> None:
         """Close the partial CSV and rename it onto `out`; `before_rename(partial)` runs first (e.g. to

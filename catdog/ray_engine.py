@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from catdog.predict import PredictOptions
 
 RETRIES = 4  # restarts of a dead actor, and reruns of a batch it was running
-BLOCKS_PER_BATCH = 4  # rows per Ray block = batch size x this: small enough to spread, large enough to be cheap
+BLOCKS_PER_BATCH = 4
+ACTOR_WAIT_S = 600  # how long the actor pool may wait for CPUs before the run fails (Ray's default: for ever)  # rows per Ray block = batch size x this: small enough to spread, large enough to be cheap
 
 
 def require_ray() -> None:
@@ -74,6 +75,17 @@ class Labeler:
             "p_dog": np.array([np.nan if p is None else p for _, p, _ in scored], dtype=np.float64),
             "reason": np.array([(r or "").encode("utf-8", "backslashreplace") for _, _, r in scored], dtype=object),
         }
+
+
+def _reason(exc: BaseException) -> str:
+    """The one line that says why: a catdog error raised in an actor (e.g. the store failed), else Ray's own."""
+    seen, link = set(), exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, CatdogError):
+            return str(link)
+        link = getattr(link, "cause", None) or link.__cause__
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def _connect(address: str | None) -> None:
@@ -143,7 +155,11 @@ def _score(source: Source, listing: Listing, model_file: Path, runtime: str, opt
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
         cpus = options.ray.cpus_per_actor
+        largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+        if cpus > largest:  # Ray would wait for such a node for ever, saying nothing
+            raise CatdogError(f"--ray-cpus-per-actor {cpus}: no node of the cluster has that many CPUs (the largest has {largest:g})")
         actors = options.ray.actors or max(1, int(ray.available_resources().get("CPU", 1) // cpus))
+        context.wait_for_min_actors_s = ACTOR_WAIT_S
         bundle = ray.put((model_file.read_bytes(), (model_file.parent / "meta.json").read_bytes()))
         with warnings.catch_warnings():  # Ray 2.60 deprecates actor options as keywords; nothing replaces them yet
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -181,8 +197,7 @@ def _score(source: Source, listing: Listing, model_file: Path, runtime: str, opt
         except CatdogError:
             raise
         except Exception as exc:  # noqa: BLE001 - a task that failed after its retries ends the run, rows kept
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            raise CatdogError(f"the Ray run failed after {expected} rows ({reason}); progress is kept: rerun with --resume") from None
+            raise CatdogError(f"the Ray run failed after {expected} rows: {_reason(exc)}; rerun with --resume") from None
         if expected != len(listing.paths):
             raise CatdogError(f"the Ray engine returned {expected} of {len(listing.paths)} rows; progress is kept: rerun with --resume")
     finally:

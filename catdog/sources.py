@@ -88,9 +88,10 @@ class LocalSource:
 
     def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
         """Hidden files included. Symlinked files are followed; symlinked folders too unless `follow_links` is
-        off (then each is an error row). Each real folder is entered once, remembered by (st_dev, st_ino), so a
-        loop or a second link to a listed folder gives one error row instead of hanging or doubling rows.
-        Children are visited in sorted order, so which link "wins" is the same on every run and machine."""
+        off (then each is an error row). Each real folder is entered once, remembered by (st_dev, st_ino): real
+        folders are walked first and symlinked ones after, in sorted order, so a folder is listed under its own
+        path when it is inside the tree, and a loop or a second link to a listed folder is one error row
+        instead of a hang or doubled rows. The same tree gives the same listing on every run and machine."""
         root = self.root
         try:
             top = os.stat(root)
@@ -101,32 +102,45 @@ class LocalSource:
         paths: list[str] = []
         problems: dict[str, str] = {}
         seen = {(top.st_dev, top.st_ino): "."}
+        linked: list[tuple[str, str, tuple[int, int]]] = []  # symlinked folders, entered after every real one
 
         def bad(rel: str, reason: str) -> None:
             paths.append(rel)
             problems[rel] = reason
 
         stack = [(root, "")]
-        while stack:
+        while stack or linked:
+            if not stack:  # every real folder reached so far is listed: enter the first symlinked one
+                linked.sort(key=lambda item: item[1], reverse=True)
+                path, rel, key = linked.pop()
+                first = seen.setdefault(key, rel)
+                if first != rel:
+                    bad(rel, f"symlink to a folder already listed ({'the labeled folder itself' if first == '.' else first})")
+                    continue
+                stack.append((path, rel + "/"))
             folder, prefix = stack.pop()
             try:
-                with os.scandir(folder) as it:
-                    children = sorted(it, key=lambda c: c.name)
                 real_folder = os.path.realpath(folder)
+                others = []  # folders, links and special files; regular files go straight to `paths`
+                with os.scandir(folder) as it:
+                    for child in it:
+                        if not child.is_symlink() and child.is_file(follow_symlinks=False):  # no stat call
+                            if skip is None or not skip(os.path.join(real_folder, child.name)):
+                                paths.append(prefix + child.name)
+                        else:
+                            others.append(child)
             except OSError as exc:
                 if not prefix:
                     raise CatdogError(f"cannot read folder {root}: {exc.strerror or exc}") from None
                 bad(prefix.rstrip("/"), f"cannot list folder: {exc.strerror or exc}")
                 continue
             subfolders = []
-            for child in children:
+            for child in sorted(others, key=lambda c: c.name):
                 rel = prefix + child.name
                 try:
-                    if skip is not None and not child.is_dir(follow_symlinks=False) and skip(os.path.join(real_folder, child.name)):
-                        continue
                     link = child.is_symlink()
-                    if not link and child.is_file(follow_symlinks=False):  # the common case: no stat call
-                        paths.append(rel)
+                    # A link to the run's own CSV or working files (even one not written yet) is theirs too.
+                    if link and skip is not None and skip(os.path.realpath(child.path)):
                         continue
                     if link:
                         try:
@@ -139,26 +153,30 @@ class LocalSource:
                     if stat.S_ISDIR(st.st_mode):
                         if link and not follow_links:
                             bad(rel, "symlink to a folder (not followed)")
+                        elif not recursive:
                             continue
-                        if not recursive:
-                            continue
-                        first = seen.setdefault((st.st_dev, st.st_ino), rel)
-                        if first != rel:
-                            where = "the labeled folder itself" if first == "." else first
-                            bad(rel, f"{'symlink to a' if link else 'a'} folder already listed ({where})")
-                            continue
-                        subfolders.append((child.path, rel + "/"))
-                    else:
-                        problem = _special(st.st_mode)
-                        if problem:
-                            bad(rel, problem)
+                        elif link:
+                            linked.append((child.path, rel, (st.st_dev, st.st_ino)))
+                        elif (first := seen.setdefault((st.st_dev, st.st_ino), rel)) != rel:
+                            bad(rel, f"a folder already listed ({first})")  # a bind mount of a listed folder
                         else:
-                            paths.append(rel)
+                            subfolders.append((child.path, rel + "/"))
+                        continue
+                    if not link and skip is not None and skip(os.path.join(real_folder, child.name)):
+                        continue
+                    problem = _special(st.st_mode)
+                    if problem:
+                        bad(rel, problem)
+                    else:
+                        paths.append(rel)
                 except OSError as exc:
                     bad(rel, f"cannot stat: {exc.strerror or exc}")
             stack.extend(reversed(subfolders))
         paths.sort()
         return Listing(paths, problems)
+
+
+MAX_OBJECT_BYTES = 128 * 2**20  # an S3 object is read whole before decoding; larger ones are error rows
 
 
 @dataclass(frozen=True)
@@ -189,12 +207,24 @@ class S3Source:
         yield self.read_bytes(rel)
 
     def read_bytes(self, rel: str) -> bytes:
+        """One GET of the exact key (no path parsing: `?` and `#` are ordinary key characters). A missing or
+        forbidden object is an OSError (its row says so); a failure of the store itself (credentials,
+        endpoint, network) is a CatdogError that stops the run, its progress kept, rather than turning every
+        later object into an error row."""
+        import fsspec.asyn
+
+        fs, key = self._fs(), self.prefix + rel
+
+        async def get() -> bytes:
+            response = await fs._call_s3("get_object", Bucket=self.bucket, Key=key)
+            return await response["Body"].read()
+
         try:
-            return self._fs().cat_file(f"{self.bucket}/{self.prefix}{rel}")
-        except OSError:
+            return fsspec.asyn.sync(fs.loop, get)
+        except (FileNotFoundError, PermissionError):
             raise
-        except Exception as exc:  # noqa: BLE001 - botocore and aiohttp errors: the object could not be read
-            raise OSError(" ".join(str(exc).split()) or type(exc).__name__) from exc
+        except Exception as exc:  # noqa: BLE001 - botocore, aiohttp: the store, not this object, failed
+            raise CatdogError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}; fix it and rerun with --resume") from None
 
     def _pages(self, recursive: bool) -> Iterator[list[dict]]:
         fs = self._fs()
@@ -202,23 +232,35 @@ class S3Source:
         while True:
             try:
                 page = fs.call_s3("list_objects_v2", **args)
+                more = page.get("IsTruncated") and page["NextContinuationToken"]
             except Exception as exc:  # noqa: BLE001 - any failure here means the source cannot be listed
                 raise CatdogError(f"cannot list {self.describe()}: {_s3_reason(exc)}") from None
             yield page.get("Contents", [])
-            if not page.get("IsTruncated"):
+            if not more:
                 return
-            args["ContinuationToken"] = page["NextContinuationToken"]
+            args["ContinuationToken"] = more
 
     def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
-        """Streamed page by page (1,000 keys each): only the relative key texts are kept."""
+        """Streamed page by page (1,000 keys each): only the relative key texts are kept (and a reason for the
+        rare object that cannot be labeled from its listing alone). Empty keys ending in "/" are folder markers."""
         paths: list[str] = []
+        problems: dict[str, str] = {}
         cut = len(self.prefix)
         for page in self._pages(recursive):
-            paths.extend(key[cut:] for obj in page if not (key := obj["Key"]).endswith("/"))
+            for obj in page:
+                key, size = obj["Key"], obj.get("Size", 0)
+                if key.endswith("/") and not size:
+                    continue
+                rel = key[cut:]
+                paths.append(rel)
+                if key.endswith("/"):
+                    problems[rel] = "object key ends with '/' (not a file name)"
+                elif size > MAX_OBJECT_BYTES:
+                    problems[rel] = f"object too large: {size:,} bytes (objects are read whole; the limit is {MAX_OBJECT_BYTES:,})"
         if not paths:
             raise CatdogError(f"no objects found under {self.describe()}")
         paths.sort()
-        return Listing(paths)
+        return Listing(paths, problems)
 
 
 def _s3_reason(exc: BaseException) -> str:

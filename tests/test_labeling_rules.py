@@ -243,3 +243,21 @@ def test_a_cgroup_v1_cfs_quota_caps_the_count_too(tmp_path):
     assert cgroup_quota(tmp_path, membership) == 1.5
     (folder / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_quota(tmp_path, membership) is None
+
+
+def test_a_real_folder_is_listed_under_its_own_path_even_when_a_link_to_it_sorts_first(tmp_path):
+    make_image(tmp_path / "c" / "d" / "cat.jpg")
+    (tmp_path / "b").symlink_to(tmp_path / "c" / "d")
+    listing = LocalSource(str(tmp_path)).list()
+    assert listing.paths == ["b", "c/d/cat.jpg"]
+    assert listing.problems == {"b": "symlink to a folder already listed (c/d)"}
+
+
+def test_a_link_to_the_runs_own_working_file_is_not_labelled(tiny_bundle, tmp_path):
+    make_image(tmp_path / "photos" / "a.jpg")
+    out = tmp_path / "out" / "labels.csv"
+    out.parent.mkdir()
+    (tmp_path / "photos" / "sneaky.jpg").symlink_to(out.with_name("labels.csv.partial"))
+    (tmp_path / "photos" / "sneaky_lock.jpg").symlink_to(lock_path(out))
+    catdog("predict-folder", tmp_path / "photos", "--model", tiny_bundle, "--out", out)
+    assert [r["path"] for r in read_rows(out)] == ["a.jpg"]

@@ -99,6 +99,16 @@ def test_ray_engine_survives_a_killed_worker_process(ray_address, real_photos, t
         assert out.read_bytes() == local_csv.read_bytes()
 
 
+def test_more_cpus_per_actor_than_any_node_has_is_a_one_line_error(ray_address, real_photos, tiny_bundle, tmp_path):
+    """Ray would wait for such a node for ever, printing nothing."""
+    result = catdog(
+        "predict-folder", real_photos, "--model", tiny_bundle, "--out", tmp_path / "l.csv", "--engine", "ray",
+        "--ray-address", ray_address.address, "--ray-cpus-per-actor", "2", env=ray_env(), check=False, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: --ray-cpus-per-actor 2: no node of the cluster has that many CPUs (the largest has 1)"
+
+
 def labeler_worker(cluster) -> int | None:
     """The PID of a worker process of this test's own cluster (a child of one of its raylets) running the labeler."""
     raylets = [

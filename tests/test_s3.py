@@ -99,3 +99,35 @@ def test_an_object_that_vanishes_mid_run_is_an_error_row(s3, monkeypatch, tmp_pa
     assert source.list().paths == ["a.jpg"]
     client.delete_object(Bucket=BUCKET, Key="vanishing/a.jpg")
     assert decode(source, "a.jpg", None, 32, 10_000) == "file not found"
+
+
+def test_odd_keys_are_read_exactly_and_a_key_ending_in_a_slash_is_an_error_row(s3, tmp_path, monkeypatch):
+    from catdog.sources import open_source
+
+    url, client = s3
+    for key, value in s3_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    client.put_object(Bucket=BUCKET, Key="odd/q?versionId=1.jpg", Body=b"question")
+    client.put_object(Bucket=BUCKET, Key="odd/#hash.jpg", Body=b"hash")
+    client.put_object(Bucket=BUCKET, Key="odd/dir/", Body=b"content under a folder-like key")
+    client.put_object(Bucket=BUCKET, Key="odd/marker/", Body=b"")
+    source = open_source(f"s3://{BUCKET}/odd", url)
+    listing = source.list()
+    assert listing.paths == ["#hash.jpg", "dir/", "q?versionId=1.jpg"]
+    assert listing.problems == {"dir/": "object key ends with '/' (not a file name)"}
+    assert source.read_bytes("q?versionId=1.jpg") == b"question" and source.read_bytes("#hash.jpg") == b"hash"
+
+
+def test_a_store_that_fails_mid_run_stops_the_run_instead_of_filling_it_with_error_rows(tmp_path, monkeypatch):
+    import socket
+
+    from catdog.errors import CatdogError
+    from catdog.sources import open_source
+
+    for key, value in s3_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(CatdogError, match=rf"^cannot read s3://{BUCKET}/x/a.jpg: .*rerun with --resume$"):
+        open_source(f"s3://{BUCKET}/x", f"http://127.0.0.1:{port}").read_bytes("a.jpg")
