@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,7 +39,7 @@ from conftest import (
 pytestmark = pytest.mark.docker
 
 DOCKER_DIR = SHARED / "docker"
-IMAGE = "catdog-test"
+IMAGE = f"catdog-test-{uuid.uuid4().hex[:8]}"  # per session: test runs sharing an engine never swap images
 MAX_IMAGE_BYTES = 400 * 1000**2  # `docker image ls` megabytes
 REAL_PHOTOS = [f"train/{c}s/{c}.{i}.jpg" for c in ("cat", "dog") for i in range(4)]
 BROKEN = ["broken/empty.jpg", "broken/notes.txt", "broken/not-an-image.png", "broken/truncated.jpg"]
@@ -165,7 +166,7 @@ def context(engine, tiny_bundle, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def images(context) -> dict[str, str]:
+def images(context) -> Iterator[dict[str, str]]:
     """Two builds: `mounted` (no model inside) and `baked` (MODEL_DIR=models); the second reuses the
     first's dependency layers."""
     tags = {"mounted": f"{IMAGE}:mounted", "baked": f"{IMAGE}:baked"}
@@ -180,7 +181,8 @@ def images(context) -> dict[str, str]:
     log = build(context, tags["baked"], "MODEL_DIR=models").stdout
     print(f"build {tags['baked']}: {time.perf_counter() - started:.0f}s")
     assert "Using cache" in step_output(log, "pip install -r /tmp/requirements.txt")
-    return tags
+    yield tags
+    docker("image", "rm", *tags.values(), check=False)
 
 
 @pytest.fixture(scope="module")
