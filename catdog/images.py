@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
@@ -119,6 +119,21 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+@contextmanager
+def _decoding(source: Path | str | bytes | BinaryIO, max_pixels: int, side: int) -> Iterator[Image.Image]:
+    """The opened image (a JPEG DCT-scaled toward `side`), with every decoder failure in the block turned
+    into an `ImageError` with a one-line reason: what `load_image` and `load_thumbnail` share."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open(source, max_pixels) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (side, side))
+                yield im
+    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a reason
+        raise ImageError(describe_error(exc)) from exc
+
+
 def load_image(
     source: Path | str | bytes | BinaryIO,
     size: int,
@@ -133,20 +148,13 @@ def load_image(
     `gate(pixels)`, if given, is entered around the decode with the number of pixels it will hold
     (after JPEG draft scaling): callers decoding in parallel use it to bound memory.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with _open(source, max_pixels) as im:
-                if im.format == "JPEG":
-                    im.draft("RGB", (size, size))
-                width, height = im.size
-                with gate(width * height) if gate else nullcontext():
-                    im.load()
-                    oriented = ImageOps.exif_transpose(im)
-                    resized = _to_rgb_or_gray(oriented).resize((size, size), Image.Resampling.BILINEAR)
-                return np.asarray(resized.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a reason
-        raise ImageError(describe_error(exc)) from exc
+    with _decoding(source, max_pixels, size) as im:
+        width, height = im.size
+        with gate(width * height) if gate else nullcontext():
+            im.load()
+            oriented = ImageOps.exif_transpose(im)
+            resized = _to_rgb_or_gray(oriented).resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(resized.convert("RGB"), dtype=np.uint8)
 
 
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
@@ -174,17 +182,10 @@ def inspect_file(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tupl
 def load_thumbnail(source: Path | str | bytes | BinaryIO, max_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image as `load_image` does (EXIF orientation, first frame, alpha over white), scaled down to
     fit `max_side` x `max_side` with its aspect ratio kept: 8-bit RGB or gray. Raises `ImageError`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with _open(source, max_pixels) as im:
-                if im.format == "JPEG":
-                    im.draft("RGB", (max_side, max_side))
-                im.load()
-                oriented = _to_rgb_or_gray(ImageOps.exif_transpose(im))
-                width, height = oriented.size
-                scale = min(1.0, max_side / max(width, height))
-                size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                return oriented.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a reason
-        raise ImageError(describe_error(exc)) from exc
+    with _decoding(source, max_pixels, max_side) as im:
+        im.load()
+        oriented = _to_rgb_or_gray(ImageOps.exif_transpose(im))
+        width, height = oriented.size
+        scale = min(1.0, max_side / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return oriented.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)

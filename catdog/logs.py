@@ -52,17 +52,28 @@ def _capture_file():
 
 
 @contextmanager
-def native_stderr_filtered() -> Iterator[None]:
-    """Run the block with fd 2 captured, then pass on what native and Python code wrote there, less the
-    library log lines (everything, in verbose mode)."""
+def _stderr_saved() -> Iterator[int | None]:
+    """Under the fd-2 lock, a duplicate of fd 2 for the caller to restore; None when there is nothing to
+    filter (verbose mode, or no stderr at all)."""
     if is_verbose():
-        yield
+        yield None
         return
     with _fd2:
         sys.stderr.flush()
         try:
             saved = os.dup(2)
-        except OSError:  # no stderr at all: nothing to keep clean
+        except OSError:
+            yield None
+            return
+        yield saved
+
+
+@contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """Run the block with fd 2 captured, then pass on what native and Python code wrote there, less the
+    library log lines (everything, in verbose mode)."""
+    with _stderr_saved() as saved:
+        if saved is None:
             yield
             return
         with _capture_file() as capture:
@@ -85,14 +96,8 @@ def native_stderr_filtered() -> Iterator[None]:
 def native_stderr_filtered_live() -> Iterator[None]:
     """Like `native_stderr_filtered`, for long blocks that draw progress bars: fd 2 goes through a pipe and a
     thread passes everything on as it comes, less whole library log lines (Ray's native core writes some)."""
-    if is_verbose():
-        yield
-        return
-    with _fd2:
-        sys.stderr.flush()
-        try:
-            saved = os.dup(2)
-        except OSError:
+    with _stderr_saved() as saved:
+        if saved is None:
             yield
             return
         read_end, write_end = os.pipe()
