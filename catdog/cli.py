@@ -130,7 +130,7 @@ def predict_folder(
     engine: Annotated[str, typer.Option(help="local (threads on this machine) or ray (a Ray cluster).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: $RAY_ADDRESS, else a new local one).")] = None,
     ray_cpus_per_actor: Annotated[int, typer.Option(min=1, help="CPUs (LiteRT and decode threads) per Ray actor.")] = 1,
-    ray_actors: Annotated[Optional[int], typer.Option(min=1, help="Ray actors at most (default: the cluster's CPUs / CPUs per actor).")] = None,
+    ray_actors: Annotated[Optional[int], typer.Option(min=1, help="How many Ray actors (default: the cluster's free CPUs / CPUs per actor).")] = None,
     s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources (default: AWS's).")] = None,
 ) -> None:
     """Label every file under SOURCE as cat or dog into a CSV; bad files get status 'error' and a reason."""
