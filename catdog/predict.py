@@ -8,8 +8,6 @@ object, so the CLI, the benchmarks and the tests cannot pass them in the wrong o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,8 @@ from pathlib import Path
 from catdog.errors import CatdogError
 from catdog.labels import LabelsCSV, check_output, own_files, progress_path, run_lock
 from catdog.progress import progress_bar
-from catdog.runtime import Predictor, load_predictor
+from catdog.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
+from catdog.runtime import Predictor, load_predictor, resolve_model_file
 from catdog.sources import Listing, Source, files_digest, open_source, parse_shard, shard_of
 
 ENGINES = ("local", "ray")
@@ -65,10 +64,10 @@ class Summary:
         return self.labeled_now / self.seconds if self.seconds > 0 else 0.0
 
 
-def _model_identity(model: Path) -> str:
-    files = sorted(model.iterdir()) if model.is_dir() else [model, model.parent / "meta.json"]
-    identity = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file()]
-    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+def _model_digest(options: PredictOptions) -> str:
+    """The content digest of the model file this run uses and its meta.json: the resume key and the job record's."""
+    model_file, _ = resolve_model_file(options.model, options.runtime)
+    return model_digest(model_file, model_file.parent / "meta.json")
 
 
 def _listing(source: Source, options: PredictOptions) -> Listing:
@@ -103,9 +102,10 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
         check_output(out, options.resume, options.overwrite)
         listing = _listing(source, options)
         files = files_digest(listing.paths)
+        model = _model_digest(options)
         key = {
             "source": source.describe(),
-            "model": _model_identity(options.model),
+            "model": model,
             "threshold": threshold,
             "shard": list(options.shard),
             "recursive": options.recursive,
@@ -118,7 +118,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
             for batch in _engine(source, listing, predictor, options):
                 labels.write(batch)
                 advance(len(batch))
-            labels.finish(_job_recorder(source, options, threshold, labels))
+            labels.finish(_job_recorder(source, options, threshold, model, labels))
     return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(listing))
 
 
@@ -132,24 +132,16 @@ def _engine(source: Source, listing: Listing, predictor: Predictor, options: Pre
     return score_local(source, listing, predictor, options.batch_size, options.workers, options.max_pixels)
 
 
-def _job_recorder(source: Source, options: PredictOptions, threshold: float, labels: LabelsCSV):
+def _job_recorder(source: Source, options: PredictOptions, threshold: float, model: str, labels: LabelsCSV):
     """For a sharded run: write `<out>.job.json` (what `merge-labels` checks) before the CSV appears."""
     if options.shard[1] == 1:
         return None
 
     def record(partial: Path) -> None:
-        from catdog.jobrecord import JobRecord, model_digest, write_job_record
-        from catdog.runtime import resolve_model_file
-
-        model_file, _ = resolve_model_file(options.model, options.runtime)
-        digest = hashlib.sha256()
-        with open(partial, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
         write_job_record(options.out, JobRecord(
-            source=source.describe(), model=model_digest(model_file, model_file.parent / "meta.json"),
+            source=source.describe(), model=model,
             threshold=threshold, shard=options.shard, recursive=options.recursive, follow_links=options.follow_links,
-            rows=labels.ok + labels.error, csv_sha256=digest.hexdigest(),
+            rows=labels.ok + labels.error, csv_sha256=file_sha256(partial),
         ))
 
     return record
