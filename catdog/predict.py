@@ -126,7 +126,7 @@ def _engine(source: Source, listing: Listing, predictor: Predictor, options: Pre
     if options.engine == "ray":
         from catdog.ray_engine import score_ray
 
-        return score_ray(source, listing, options.model, predictor.meta, options)
+        return score_ray(source, listing, options)
     from catdog.engines import score_local
 
     return score_local(source, listing, predictor, options.batch_size, options.workers, options.max_pixels)

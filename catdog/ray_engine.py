@@ -23,7 +23,7 @@ from catdog.cpus import usable_cpus
 from catdog.engines import Scored, decode, score_batch
 from catdog.errors import CatdogError
 from catdog.logs import is_verbose, native_stderr_filtered_live
-from catdog.runtime import ModelMeta, resolve_model_file
+from catdog.runtime import resolve_model_file
 from catdog.sources import Listing, LocalSource, Source
 
 if TYPE_CHECKING:
@@ -130,11 +130,11 @@ def _dataset(listing: Listing, batch_size: int):
     return ray.data.from_arrow(tables)
 
 
-def score_ray(source: Source, listing: Listing, model: Path, meta: ModelMeta, options: PredictOptions) -> Iterator[list[Scored]]:
+def score_ray(source: Source, listing: Listing, options: PredictOptions) -> Iterator[list[Scored]]:
     """Yield batches in listing order, scored on the Ray cluster of `options.ray.address`."""
     if not listing.paths:
         return
-    model_file, runtime = resolve_model_file(model, options.runtime)
+    model_file, runtime = resolve_model_file(options.model, options.runtime)
     if runtime != "litert":
         raise CatdogError("--engine ray runs the bundle's model.tflite with LiteRT: give a bundle with model.tflite (or --runtime litert)")
     if isinstance(source, LocalSource):  # the actors' working folder is not the driver's
