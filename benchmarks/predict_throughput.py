@@ -155,7 +155,7 @@ def run_cli(folder: Path, model_dir: Path, out: Path, extra: list[str] = ()) -> 
 
 def path_list_mib(folder: Path) -> float:
     """Python heap taken by predict's path list (LocalSource.list) for `folder`, in MiB."""
-    from catdog.sources import LocalSource
+    from catdog.labeling.sources import LocalSource
 
     gc.collect()
     tracemalloc.start()
@@ -168,7 +168,7 @@ def path_list_mib(folder: Path) -> float:
 
 LISTING_PROBE = """
 import os, resource, sys, time, tracemalloc
-from catdog.sources import LocalSource
+from catdog.labeling.sources import LocalSource
 
 def resident():  # bytes resident now (the peak, ru_maxrss, may date from the imports)
     with open("/proc/self/statm") as fh:
@@ -211,7 +211,7 @@ def listing_cost(n: int, root: Path) -> dict:
 
 
 def score_ahead(entries, predictor, batch_size: int, workers: int, ahead: int):
-    """A copy of catdog.engines.score_local with the prefetch depth as a knob (catdog uses ahead=2)."""
+    """A copy of catdog.labeling.engines.score_local with the prefetch depth as a knob (catdog uses ahead=2)."""
     from collections import deque
 
     from catdog.images import load_image
@@ -229,9 +229,9 @@ def score_ahead(entries, predictor, batch_size: int, workers: int, ahead: int):
 
 def profile(files: list[Path], model_dir: Path, size: int, batch_arrays: list[np.ndarray], repeats: int) -> list[tuple[str, float, float, float]]:
     """In-process labeling variants (decode threads, LiteRT threads, batch size, prefetch depth): best, median images/s, CPU s/image."""
-    from catdog.engines import score_local
-    from catdog.runtime import load_predictor
-    from catdog.sources import Listing, LocalSource
+    from catdog.labeling.engines import score_local
+    from catdog.labeling.runtime import load_predictor
+    from catdog.labeling.sources import Listing, LocalSource
 
     entries = [str(p) for p in files]
     source, listing = LocalSource("/"), Listing(entries)
@@ -293,7 +293,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also time in-process labeling variants (threads, batch, prefetch)")
     args = ap.parse_args()
 
-    from catdog.runtime import ModelMeta, load_predictor
+    from catdog.labeling.runtime import ModelMeta, load_predictor
 
     model_dir = args.model.resolve()
     meta = ModelMeta.read(model_dir / "meta.json")

@@ -84,8 +84,8 @@ class RayCluster:
 def driver_write_ceiling(rows: int, out: Path, batch: int = 64) -> float:
     """Rows/s through the real driver path with a free model: sort the listing, format and write every row
     (with the fsync and progress file after each batch)."""
-    from catdog.labels import LabelsCSV
-    from catdog.sources import files_digest
+    from catdog.labeling.labels import LabelsCSV
+    from catdog.labeling.sources import files_digest
 
     paths = [f"d{i % 997:03d}/photo_{(i * 7919) % rows:08d}.jpg" for i in range(rows)]
     started = time.perf_counter()
@@ -102,8 +102,8 @@ def ray_receive_ceiling(address: str, rows: int, batch: int = 64) -> float:
     import numpy as np
     import ray
 
-    from catdog.ray_engine import _dataset
-    from catdog.sources import Listing
+    from catdog.labeling.ray_engine import _dataset
+    from catdog.labeling.sources import Listing
 
     class Idle:
         def __call__(self, b):

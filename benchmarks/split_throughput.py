@@ -1,7 +1,7 @@
 """How long `split` takes to validate (full decode + sha256) a large folder, on all cores vs one.
 
 Builds a cats_and_dogs_filtered-like tree of N files by hard-linking the shared photos (no copies), then
-times `catdog.split.split_dataset` with every core and with one worker, and prints the ratio.
+times `catdog.training.split.split_dataset` with every core and with one worker, and prints the ratio.
 
     python benchmarks/split_throughput.py --files 25000
 """
@@ -15,8 +15,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from catdog.params import SplitParams
-from catdog.split import split_dataset
+from catdog.training.params import SplitParams
+from catdog.training.split import split_dataset
 
 SHARED_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cats_and_dogs_3k.zip"
 

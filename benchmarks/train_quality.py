@@ -11,9 +11,9 @@ pointed at ../shared and the per-model overrides below), then runs exactly what 
 and reports test accuracy, ROC AUC, seconds per epoch and the training wall time against the targets:
 mobilenet_v2 >= 0.975 in <= 15 min, small_cnn >= 0.85 in <= 45 min, seed_cnn ~0.70 (the course notebook).
 
-It also measures seed_cnn's input throughput: catdog.data.make_dataset (the training input pipeline)
+It also measures seed_cnn's input throughput: catdog.training.data.make_dataset (the training input pipeline)
 against the course notebook's ImageDataGenerator(rescale=1/255).flow_from_directory(...), the same model
-(catdog.model.seed_cnn), batch size and images, a few epochs each in a fresh process; images/s in
+(catdog.training.model.seed_cnn), batch size and images, a few epochs each in a fresh process; images/s in
 epochs 2 and later. Target: catdog >= 3x.
 
     python benchmarks/train_quality.py                                   # everything (~45 min on 2 cores)
@@ -44,7 +44,7 @@ MODELS = ("mobilenet_v2", "seed_cnn", "small_cnn")
 
 # Per-model overrides of params.yaml (sections base/train). mobilenet_v2 runs params.yaml as it is.
 OVERRIDES: dict[str, dict[str, dict]] = {
-    # The course notebook: 150 px, RMSprop 1e-3 (catdog.model.optimizer), batch 20, 15 epochs, no
+    # The course notebook: 150 px, RMSprop 1e-3 (catdog.training.model.optimizer), batch 20, 15 epochs, no
     # augmentation, no early stopping, a 0.5 threshold.
     "seed_cnn": {
         "base": {"image_size": 150},
@@ -152,21 +152,21 @@ def write_params(base: dict, model: str, dest: Path, epochs: int | None, scale: 
 
 
 def throughput_child(kind: str, work: Path, epochs: int, size: int, batch: int) -> None:
-    """In a fresh process: train catdog.model.seed_cnn on the train split through one input pipeline; print JSON."""
+    """In a fresh process: train catdog.training.model.seed_cnn on the train split through one input pipeline; print JSON."""
     sys.path.insert(0, str(REPO))
-    from catdog.split import read_manifest
+    from catdog.training.split import read_manifest
     from catdog.tfsetup import import_tf, seed_everything
 
     import_tf()
     import keras
 
-    from catdog.model import seed_cnn
+    from catdog.training.model import seed_cnn
 
     seed_everything(42)
     rows = read_manifest(work / "data" / "split" / "train.csv")
     images = work / "data" / "raw" / "dataset"
     if kind == "catdog":
-        from catdog.data import make_dataset
+        from catdog.training.data import make_dataset
 
         data = make_dataset([images / p for p, _ in rows], [int(label == "dog") for _, label in rows], size, batch, seed=42, augment=False)
     else:
@@ -359,7 +359,7 @@ def main() -> None:
         print(f"seed_cnn input throughput ({throughput['catdog']['n']} train images, batch {params['seed_cnn']['train']['batch_size']}, "
               f"{params['seed_cnn']['base']['image_size']} px, {args.throughput_epochs} epochs each)")
         print(f"{'pipeline (best of ' + str(args.throughput_rounds) + ' alternating rounds)':<64} {'epoch s':>24} {'images/s (ep>=2)':>17}  all rounds")
-        for name, d in (("notebook: ImageDataGenerator(rescale=1/255).flow_from_directory", nb), ("catdog.data.make_dataset", cd)):
+        for name, d in (("notebook: ImageDataGenerator(rescale=1/255).flow_from_directory", nb), ("catdog.training.data.make_dataset", cd)):
             print(f"{name:<64} {', '.join(f'{s:.1f}' for s in d['epoch_seconds']):>24} {d['images_per_s']:>17.0f}  "
                   + ", ".join(f"{x['images_per_s']:.0f}" for x in d["rounds"]))
         print(f"catdog / notebook = {ratio:.2f}x   target >= 3x   {'MET' if ratio >= 3 else 'MISSED'}   (training epochs >= 2, best rounds)")

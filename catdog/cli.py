@@ -46,8 +46,8 @@ def fetch(
     downloads: Annotated[Path, typer.Option(help="Download cache: archives, partial downloads and their sha256 records.")],
 ) -> None:
     """Download (or copy) the dataset archive and backbone weights, verify sha256, extract safely."""
-    from catdog.fetch import fetch as run
-    from catdog.params import load_params
+    from catdog.training.fetch import fetch as run
+    from catdog.training.params import load_params
 
     dataset, weights = run(load_params(params).fetch, dataset_out, weights_out, downloads)
     for item, dest in ((dataset, dataset_out), (weights, weights_out)):
@@ -62,8 +62,8 @@ def split(
     report: Annotated[Path, typer.Option(help="JSON report: counts, rejected files, duplicates.")],
 ) -> None:
     """Validate every image and write seeded, stratified, duplicate-free train/val/test manifests."""
-    from catdog.params import load_params
-    from catdog.split import split_dataset, write_split
+    from catdog.training.params import load_params
+    from catdog.training.split import split_dataset, write_split
 
     p = load_params(params)
     result = split_dataset(images, p.split, p.base.seed)
@@ -84,8 +84,8 @@ def train(
     weights: Annotated[Optional[Path], typer.Option(help="ImageNet backbone weights (.h5), for mobilenet_v2.")] = None,
 ) -> None:
     """Train the model named in params and save the model bundle."""
-    from catdog.params import load_params
-    from catdog.train import train as run
+    from catdog.training.params import load_params
+    from catdog.training.train import train as run
 
     result = run(load_params(params), train_csv, val_csv, images, weights, model_dir, live_dir)
     m = result.val_metrics
@@ -102,9 +102,9 @@ def evaluate(
     plots_dir: Annotated[Path, typer.Option(help="Folder for plot data (CSV) and the contact sheet.")],
 ) -> None:
     """Score the test split at the model's threshold; write metrics and plots."""
-    from catdog.evaluate import evaluate as run
-    from catdog.params import load_params
-    from catdog.runtime import load_predictor
+    from catdog.training.evaluate import evaluate as run
+    from catdog.training.params import load_params
+    from catdog.labeling.runtime import load_predictor
 
     p = load_params(params)
     result = run(load_predictor(model), test_csv, images, metrics, plots_dir, p.evaluate.n_wrong, p.evaluate.batch_size)
@@ -134,7 +134,7 @@ def predict_folder(
     s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources (default: AWS's).")] = None,
 ) -> None:
     """Label every file under SOURCE as cat or dog into a CSV; bad files get status 'error' and a reason."""
-    from catdog.predict import PredictOptions, RayOptions, parse_shard, predict, progress_path
+    from catdog.labeling.predict import PredictOptions, RayOptions, parse_shard, predict, progress_path
 
     options = PredictOptions(
         source=source, model=model, out=out, batch_size=batch_size, threshold=threshold, recursive=recursive,
@@ -170,7 +170,7 @@ def report(
     s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources (default: AWS's).")] = None,
 ) -> None:
     """Write an HTML report of a labels CSV: counts, p_dog histogram, uncertain images, samples, errors."""
-    from catdog.report import ReportOptions, write_report
+    from catdog.labeling.report import ReportOptions, write_report
 
     options = ReportOptions(
         threshold=threshold, model=model, max_images=max_images, seed=seed, overwrite=overwrite, s3_endpoint_url=s3_endpoint_url,
@@ -187,8 +187,8 @@ def merge_labels(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file at OUT.")] = False,
 ) -> None:
     """Merge the shard CSVs of one sharded run into the CSV an unsharded run writes, checking every shard."""
-    from catdog.merge import MergeOptions
-    from catdog.merge import merge_labels as run
+    from catdog.labeling.merge import MergeOptions
+    from catdog.labeling.merge import merge_labels as run
 
     summary = run(MergeOptions(out=out, shards=tuple(shards), overwrite=overwrite))
     _say(f"merged {summary.shards} shards of {summary.source}: {summary.rows} rows ({summary.ok} ok, {summary.error} error) -> {summary.out}")

@@ -58,8 +58,8 @@ def download_once(url: str, sha256: str | None):
     """`url` into download_cache() through catdog's own fetch code (verified, then reused); the Fetched
     record, or the one-line reason it could not be fetched. Short timeouts: an offline machine skips fast."""
     from catdog.errors import CatdogError
-    from catdog.fetch import download
-    from catdog.params import Source
+    from catdog.training.fetch import download
+    from catdog.training.params import Source
 
     try:
         return download(Source(url=url, sha256=sha256), download_cache(), timeout_s=10.0, retries=1, backoff_s=1.0)
@@ -77,7 +77,7 @@ class RealDataset:
 
 
 def _checked_dataset(zip_path: Path, sha256: str | None, origin: str) -> RealDataset:
-    from catdog.fetch import sha256_of
+    from catdog.training.fetch import sha256_of
 
     try:
         with zipfile.ZipFile(zip_path) as zf:
@@ -132,7 +132,7 @@ def real_dataset(tmp_path_factory) -> RealDataset:
 @pytest.fixture(scope="session")
 def real_weights() -> Path:
     """ImageNet MobileNetV2 alpha 0.35 weights: CATDOG_TEST_WEIGHTS, else ../shared, else a one-time download."""
-    from catdog.fetch import sha256_of
+    from catdog.training.fetch import sha256_of
 
     given = os.environ.get("CATDOG_TEST_WEIGHTS")
     if given:

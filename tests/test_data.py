@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catdog.data import make_dataset
+from catdog.training.data import make_dataset
 
 
 def solid_images(root, n: int) -> tuple[list, list[int]]:
@@ -56,7 +56,7 @@ def test_mixup_needs_a_seed(tmp_path):
 
 
 def test_training_accuracy_counts_a_mixed_label_as_its_majority_class():
-    from catdog.model import accuracy_metric
+    from catdog.training.model import accuracy_metric
 
     metric = accuracy_metric()
     metric.update_state(np.array([[0.7], [0.3], [1.0], [0.0]]), np.array([[0.9], [0.9], [0.2], [0.1]]))

@@ -2,7 +2,7 @@
 
 The imports are found statically: from the stage's `catdog <command>` to that command's function in cli.py
 (with cli.py's module-level code, its callback and `main`, which run for every command), then through every
-`import` in each catdog module reached, including imports inside functions (a lazy `import catdog.ray_engine`
+`import` in each catdog module reached, including imports inside functions (a lazy `import catdog.labeling.ray_engine`
 runs for some options only, but then it shapes the output too). Stages that import a library whose version
 can change their outputs (Pillow, NumPy, TensorFlow, LiteRT, scikit-learn, ...) also list requirements.lock.
 
@@ -214,7 +214,7 @@ def test_import_walk_follows_lazy_and_transitive_imports():
     """The walk itself: it must see imports inside functions and through other modules, or the test above is hollow."""
     train_files, train_libs = closure("train")
     train = {p.name for p in train_files}
-    # cli.train imports catdog.train inside the function; train imports split; everything reaches fsutil.
+    # cli.train imports catdog.training.train inside the function; train imports split; everything reaches fsutil.
     assert {"__init__.py", "cli.py", "errors.py", "train.py", "split.py", "fsutil.py", "params.py"} <= train
     assert "tensorflow" in train_libs and "fetch.py" not in train
     fetch_files, fetch_libs = closure("fetch")

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-import catdog.fetch as fetch_mod
+import catdog.training.fetch as fetch_mod
 from catdog.errors import CatdogError
-from catdog.fetch import Fetched, download, extract_archive, fetch
-from catdog.params import FetchParams, Source
+from catdog.training.fetch import Fetched, download, extract_archive, fetch
+from catdog.training.params import FetchParams, Source
 from conftest import REPO, catdog, make_image, make_zip, write_params
 
 MB = 1 << 20

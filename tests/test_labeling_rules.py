@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from catdog.cpus import cgroup_quota
-from catdog.labels import format_row, lock_path, run_lock
-from catdog.sources import LocalSource
+from catdog.labeling.labels import format_row, lock_path, run_lock
+from catdog.labeling.sources import LocalSource
 from conftest import catdog, cli_env, make_image
 
 POSTSCRIPT = b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 10 10\n/loop { loop } def\nshowpage\n"
@@ -100,7 +100,7 @@ def test_a_run_killed_with_sigkill_leaves_no_lock_that_blocks_the_next(tiny_bund
     make_image(tmp_path / "in" / "a.jpg")
     out = tmp_path / "labels.csv"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from catdog.labels import run_lock\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from catdog.labeling.labels import run_lock\n"
          "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)", str(out)],
         stdout=subprocess.PIPE, text=True, env=cli_env(),
     )
@@ -166,8 +166,8 @@ def test_a_loop_of_links_between_folders_terminates_with_each_file_once(tmp_path
 DECODE_THREADS = """
 import sys, threading
 from pathlib import Path
-import catdog.engines as engines
-from catdog.predict import PredictOptions, predict
+import catdog.labeling.engines as engines
+from catdog.labeling.predict import PredictOptions, predict
 seen = set()
 real = engines.load_image
 def spy(*args, **kwargs):
@@ -222,7 +222,7 @@ def test_the_label_agrees_with_the_printed_p_dog(p_dog, threshold, label, printe
 
 
 def test_a_fifo_put_in_a_files_place_after_listing_is_an_error_row_not_a_hang(tmp_path):
-    from catdog.engines import decode
+    from catdog.labeling.engines import decode
 
     make_image(tmp_path / "a.jpg")
     source = LocalSource(str(tmp_path))

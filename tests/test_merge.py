@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from catdog.jobrecord import job_record_path, read_job_record, write_job_record
-from catdog.labels import COLUMNS, csv_writer, open_csv
-from catdog.merge import path_key
-from catdog.sources import shard_of
+from catdog.labeling.jobrecord import job_record_path, read_job_record, write_job_record
+from catdog.labeling.labels import COLUMNS, csv_writer, open_csv
+from catdog.labeling.merge import path_key
+from catdog.labeling.sources import shard_of
 from conftest import catdog, run
 
 N = 3
@@ -255,7 +255,7 @@ def test_merge_never_replaces_out_without_overwrite(job, tmp_path):
 def write_big_job(root: Path, rows: int) -> list[Path]:
     """N shard CSVs of a made-up job with `rows` rows in all, each in the shard its path hashes to, and
     records that match them."""
-    from catdog.jobrecord import JobRecord
+    from catdog.labeling.jobrecord import JobRecord
 
     root.mkdir(parents=True)
     shards = [root / f"labels-{k}.csv" for k in range(N)]
@@ -281,7 +281,7 @@ def write_big_job(root: Path, rows: int) -> list[Path]:
 def merge_peak_rss_mib(out: Path, shards: list[Path]) -> float:
     """Peak RSS (VmHWM: ru_maxrss would count the forking pytest's) of a fresh process that merges `shards`."""
     script = (
-        "import re, sys; from pathlib import Path; from catdog.merge import MergeOptions, merge_labels; "
+        "import re, sys; from pathlib import Path; from catdog.labeling.merge import MergeOptions, merge_labels; "
         "merge_labels(MergeOptions(Path(sys.argv[1]), tuple(Path(p) for p in sys.argv[2:]))); "
         "print(re.search(r'VmHWM:\\s+(\\d+) kB', Path('/proc/self/status').read_text()).group(1))"
     )

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from catdog.metrics import choose_threshold, classification_metrics, wilson_interval
+from catdog.training.metrics import choose_threshold, classification_metrics, wilson_interval
 
 
 def test_wilson_interval_matches_the_textbook_value():

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from catdog.errors import CatdogError
-from catdog.params import load_params, parse_params
+from catdog.training.params import load_params, parse_params
 from conftest import REPO
 
 MINIMAL = {"fetch": {"dataset": {"url": "data.zip"}, "weights": {"url": "w.h5"}}}

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from catdog.sources import LocalSource, parse_shard, shard_of
+from catdog.labeling.sources import LocalSource, parse_shard, shard_of
 from catdog.errors import CatdogError
 from conftest import catdog, cli_env, make_image
 
@@ -324,8 +324,8 @@ def six_photos(tmp_path) -> Path:
 
 def label_until_interrupted(folder: Path, bundle: Path, out: Path, at: int, **options) -> None:
     """Label `folder` two files a batch, with Ctrl-C arriving at batch `at` (progress is saved after each batch)."""
-    from catdog.predict import PredictOptions, predict
-    from catdog.runtime import load_predictor
+    from catdog.labeling.predict import PredictOptions, predict
+    from catdog.labeling.runtime import load_predictor
 
     with pytest.raises(KeyboardInterrupt):
         predict(PredictOptions(str(folder), bundle, out, batch_size=2, workers=1, **options), Interrupting(load_predictor(bundle), at))
@@ -333,7 +333,7 @@ def label_until_interrupted(folder: Path, bundle: Path, out: Path, at: int, **op
 
 def test_a_fresh_run_interrupted_before_its_first_batch_leaves_no_stale_progress(tiny_bundle, six_photos, tmp_path):
     """Otherwise the old run's progress would describe a partial CSV that the new run has emptied."""
-    from catdog.labels import progress_path
+    from catdog.labeling.labels import progress_path
 
     out = tmp_path / "labels.csv"
     label_until_interrupted(six_photos, tiny_bundle, out, at=2)
@@ -345,7 +345,7 @@ def test_a_fresh_run_interrupted_before_its_first_batch_leaves_no_stale_progress
 
 
 def test_resume_refuses_when_the_folders_files_changed(tiny_bundle, six_photos, tmp_path):
-    from catdog.labels import progress_path
+    from catdog.labeling.labels import progress_path
 
     out = tmp_path / "labels.csv"
     label_until_interrupted(six_photos, tiny_bundle, out, at=2)
@@ -366,7 +366,7 @@ def test_resume_refuses_progress_from_a_different_run(tiny_bundle, tmp_path):
 
 
 def test_large_decodes_take_turns_and_small_ones_do_not():
-    from catdog.engines import LARGE_DECODE_PIXELS, large_decode_gate
+    from catdog.labeling.engines import LARGE_DECODE_PIXELS, large_decode_gate
 
     gate = large_decode_gate()
     with gate(LARGE_DECODE_PIXELS + 1):

@@ -144,7 +144,7 @@ def test_ray_engine_without_ray_says_how_to_install_it(tiny_bundle, tmp_path):
 
 def test_import_catdog_and_help_load_neither_ray_nor_tensorflow():
     code = (
-        "import sys, catdog, catdog.cli, catdog.predict, catdog.sources, catdog.labels, catdog.engines\n"
+        "import sys, catdog, catdog.cli, catdog.labeling.predict, catdog.labeling.sources, catdog.labeling.labels, catdog.labeling.engines\n"
         "print(sorted(m for m in ('ray', 'tensorflow', 'pyarrow') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), check=True)

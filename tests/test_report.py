@@ -20,8 +20,8 @@ from PIL import Image
 
 from catdog.errors import CatdogError
 from catdog.images import load_thumbnail
-from catdog.jobrecord import JobRecord, file_sha256, write_job_record
-from catdog.report import (
+from catdog.labeling.jobrecord import JobRecord, file_sha256, write_job_record
+from catdog.labeling.report import (
     ERROR_PATHS,
     MAX_REASONS,
     ReportOptions,
@@ -110,7 +110,7 @@ def _write_million(path: Path) -> None:
 SUMMARIZE = """
 import dataclasses, json, resource, sys, time
 from pathlib import Path
-from catdog.report import Selection, summarize_labels
+from catdog.labeling.report import Selection, summarize_labels
 started = time.perf_counter()
 summary = summarize_labels(Path(sys.argv[1]), Selection(threshold=0.5, n_uncertain=96, n_sample=72, seed=0, positive="dog"))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)

@@ -88,8 +88,8 @@ def test_an_unreachable_endpoint_is_a_one_line_error(tiny_bundle, tmp_path):
 
 def test_an_object_that_vanishes_mid_run_is_an_error_row(s3, monkeypatch, tmp_path):
     """Listed, then deleted before it is read: its row says why, and the run goes on."""
-    from catdog.engines import decode
-    from catdog.sources import open_source
+    from catdog.labeling.engines import decode
+    from catdog.labeling.sources import open_source
 
     url, client = s3
     for key, value in s3_env(tmp_path).items():
@@ -102,7 +102,7 @@ def test_an_object_that_vanishes_mid_run_is_an_error_row(s3, monkeypatch, tmp_pa
 
 
 def test_odd_keys_are_read_exactly_and_a_key_ending_in_a_slash_is_an_error_row(s3, tmp_path, monkeypatch):
-    from catdog.sources import open_source
+    from catdog.labeling.sources import open_source
 
     url, client = s3
     for key, value in s3_env(tmp_path).items():
@@ -122,7 +122,7 @@ def test_a_store_that_fails_mid_run_stops_the_run_instead_of_filling_it_with_err
     import socket
 
     from catdog.errors import CatdogError
-    from catdog.sources import open_source
+    from catdog.labeling.sources import open_source
 
     for key, value in s3_env(tmp_path).items():
         monkeypatch.setenv(key, value)

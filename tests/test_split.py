@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from catdog.errors import CatdogError
-from catdog.params import SplitParams
-from catdog.split import read_manifest, split_dataset, write_split
+from catdog.training.params import SplitParams
+from catdog.training.split import read_manifest, split_dataset, write_split
 from conftest import catdog, make_image, synthetic_dataset, write_params, REPO
 
 RED, BLUE = (190, 70, 50), (50, 80, 190)

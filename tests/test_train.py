@@ -31,8 +31,8 @@ def train_and_evaluate(root, tag, overrides, weights=None):
 
 
 def test_seed_cnn_is_the_course_notebook_model():
-    from catdog.model import build_model, optimizer
-    from catdog.params import TrainParams
+    from catdog.training.model import build_model, optimizer
+    from catdog.training.params import TrainParams
 
     params = TrainParams(model="seed_cnn", learning_rate=0.001)
     model = build_model(params, 150, None)
@@ -69,7 +69,7 @@ def test_two_runs_with_the_same_params_give_identical_metrics(tmp_path):
 def test_litert_export_agrees_with_keras_on_real_photos(tmp_path, real_dataset, real_weights):
     """A MobileNetV2 bundle, scored by both runtimes on real photos: |delta p_dog| <= 1e-4."""
     from catdog.images import load_image
-    from catdog.runtime import load_predictor
+    from catdog.labeling.runtime import load_predictor
 
     synthetic_dataset(tmp_path / "images", n_train=8, n_val=4)
     write_manifests(tmp_path, 8, 4)
@@ -95,8 +95,8 @@ def test_litert_export_agrees_with_keras_on_real_photos(tmp_path, real_dataset, 
 
 
 def test_fine_tuning_opens_only_the_top_blocks(tmp_path, real_weights):
-    from catdog.model import BACKBONE, build_model, unfreeze_top_blocks
-    from catdog.params import TrainParams
+    from catdog.training.model import BACKBONE, build_model, unfreeze_top_blocks
+    from catdog.training.params import TrainParams
 
     model = build_model(TrainParams(model="mobilenet_v2", alpha=0.35), 96, real_weights)
     assert not any(l.trainable_weights for l in model.get_layer(BACKBONE).layers)

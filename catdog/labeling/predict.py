@@ -1,8 +1,8 @@
 """Batch labeling: one run lists a source, has an engine score it, and writes the one labels CSV.
 
-The pieces live elsewhere: where files come from in `catdog.sources` (a folder or an S3 prefix), who
-scores them in `catdog.engines` (local threads) and `catdog.ray_engine` (a Ray cluster), and the CSV with
-its progress file and lock in `catdog.labels`. This module puts them together under one typed options
+The pieces live elsewhere: where files come from in `catdog.labeling.sources` (a folder or an S3 prefix), who
+scores them in `catdog.labeling.engines` (local threads) and `catdog.labeling.ray_engine` (a Ray cluster), and the CSV with
+its progress file and lock in `catdog.labeling.labels`. This module puts them together under one typed options
 object, so the CLI, the benchmarks and the tests cannot pass them in the wrong order.
 """
 
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catdog.errors import CatdogError
-from catdog.labels import LabelsCSV, check_output, own_files, progress_path, run_lock
+from catdog.labeling.labels import LabelsCSV, check_output, own_files, progress_path, run_lock
 from catdog.progress import progress_bar
-from catdog.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
-from catdog.runtime import Predictor, load_predictor, resolve_model_file
-from catdog.sources import Listing, Source, files_digest, open_source, parse_shard, shard_of
+from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
+from catdog.labeling.runtime import Predictor, load_predictor, resolve_model_file
+from catdog.labeling.sources import Listing, Source, files_digest, open_source, parse_shard, shard_of
 
 ENGINES = ("local", "ray")
 
@@ -88,7 +88,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
     if options.engine not in ENGINES:
         raise CatdogError(f"unknown engine {options.engine!r}: choose one of {', '.join(ENGINES)}")
     if options.engine == "ray":
-        from catdog.ray_engine import require_ray
+        from catdog.labeling.ray_engine import require_ray
 
         require_ray()
     source = open_source(options.source, options.s3_endpoint_url)
@@ -124,10 +124,10 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
 
 def _engine(source: Source, listing: Listing, predictor: Predictor, options: PredictOptions):
     if options.engine == "ray":
-        from catdog.ray_engine import score_ray
+        from catdog.labeling.ray_engine import score_ray
 
         return score_ray(source, listing, options)
-    from catdog.engines import score_local
+    from catdog.labeling.engines import score_local
 
     return score_local(source, listing, predictor, options.batch_size, options.workers, options.max_pixels)
 

@@ -2,7 +2,7 @@
 
 Each shard CSV is already sorted by path, so the merge is a streaming k-way merge (`heapq.merge`): memory
 holds one row per shard, whatever the row count. Everything is checked on the way, against each shard's
-job record (`catdog.jobrecord`): same job (source, model, threshold, N, recursion), every shard 0..N-1
+job record (`catdog.labeling.jobrecord`): same job (source, model, threshold, N, recursion), every shard 0..N-1
 exactly once, the catdog header, sorted rows, no path in two shards, each path in the shard its hash
 names, and each CSV's row count and sha256 as its run recorded them. The output is written to a temporary
 file and renamed onto OUT only when every check passed, with its own record `<OUT>.job.json` (shard 0/1).
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from catdog.errors import CatdogError
 from catdog.fsutil import HashingReader, atomic_path
-from catdog.jobrecord import JobRecord, file_sha256, job_record_path, read_job_record, write_job_record
-from catdog.labels import COLUMNS, csv_writer, open_csv
-from catdog.sources import shard_of
+from catdog.labeling.jobrecord import JobRecord, file_sha256, job_record_path, read_job_record, write_job_record
+from catdog.labeling.labels import COLUMNS, csv_writer, open_csv
+from catdog.labeling.sources import shard_of
 
 # The labels writer escapes a file name's undecodable bytes (lone surrogates after os.fsdecode) as the
 # text "\udcff"; the run sorted and hashed the name with the surrogate itself.

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from catdog import __version__
 from catdog.errors import CatdogError
 from catdog.fsutil import atomic_path, replace_dir, temp_dir_beside, write_json
-from catdog.params import FetchParams, Source
+from catdog.training.params import FetchParams, Source
 from catdog.progress import progress_bar
 
 CHUNK = 1 << 20

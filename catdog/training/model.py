@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from catdog.errors import CatdogError
-from catdog.params import TrainParams
+from catdog.training.params import TrainParams
 from catdog.tfsetup import import_tf
 
 tf = import_tf()

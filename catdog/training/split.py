@@ -21,7 +21,7 @@ from catdog.cpus import usable_cpus
 from catdog.errors import CatdogError
 from catdog.fsutil import write_json, write_text
 from catdog.images import inspect_file
-from catdog.params import SplitParams
+from catdog.training.params import SplitParams
 from catdog.progress import progress_bar
 
 SPLITS = ("train", "val", "test")

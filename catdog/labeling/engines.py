@@ -1,5 +1,5 @@
 """Who scores the files: the local engine (decode threads a few batches ahead of one model) and the pieces
-every engine shares. The Ray engine (catdog.ray_engine) runs the same `decode` and `score_batch` in its actors.
+every engine shares. The Ray engine (catdog.labeling.ray_engine) runs the same `decode` and `score_batch` in its actors.
 
 An engine takes a source and a listing and yields, in listing order, batches of `Scored` rows:
 (rel, p_dog, None) for an image, (rel, None, reason) for a file that could not be used.
@@ -17,8 +17,8 @@ import numpy as np
 
 from catdog.cpus import usable_cpus
 from catdog.images import ImageError, describe_error, load_image
-from catdog.runtime import Predictor
-from catdog.sources import Listing, Source
+from catdog.labeling.runtime import Predictor
+from catdog.labeling.sources import Listing, Source
 
 Scored = tuple[str, float | None, str | None]
 Decoded = np.ndarray | str

@@ -1,7 +1,7 @@
 """The Ray engine: the driver's listing is handed to Ray Data, scored by an actor pool, and read back in order.
 
 Each actor loads the bundle once (shipped through the object store, so nodes need no copy of it), decodes
-with `catdog.engines.decode` (the same `load_image` as training) on as many threads as the CPUs Ray gives
+with `catdog.labeling.engines.decode` (the same `load_image` as training) on as many threads as the CPUs Ray gives
 it, and returns, for every input row, its index, p_dog or its one-line reason. The driver checks that the
 indices come back complete and in order before any row reaches the CSV, so a run never writes a CSV with
 missing rows. `ray.data.read_images` is not used: one corrupt file would fail or drop its whole block.
@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from catdog.cpus import usable_cpus
-from catdog.engines import Scored, decode, score_batch
+from catdog.labeling.engines import Scored, decode, score_batch
 from catdog.errors import CatdogError
 from catdog.logs import is_verbose, native_stderr_filtered_live
-from catdog.runtime import resolve_model_file
-from catdog.sources import Listing, LocalSource, Source
+from catdog.labeling.runtime import resolve_model_file
+from catdog.labeling.sources import Listing, LocalSource, Source
 
 if TYPE_CHECKING:
-    from catdog.predict import PredictOptions
+    from catdog.labeling.predict import PredictOptions
 
 RETRIES = 4  # restarts of a dead actor, and reruns of a batch it was running
 BLOCKS_PER_BATCH = 4
@@ -50,8 +50,8 @@ class Labeler:
 
         import ray
 
-        from catdog.engines import large_decode_gate
-        from catdog.runtime import load_predictor
+        from catdog.labeling.engines import large_decode_gate
+        from catdog.labeling.runtime import load_predictor
 
         model_bytes, meta_bytes = ray.get(bundle[0])  # a reference the driver holds for the whole run
         with tempfile.TemporaryDirectory(prefix="catdog-model-") as tmp:  # LiteRT keeps the model mapped

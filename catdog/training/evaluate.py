@@ -12,12 +12,12 @@ import pandas as pd
 
 from catdog.errors import CatdogError
 from catdog.fsutil import write_json, write_text
-from catdog.metrics import classification_metrics, pr_points, roc_points
-from catdog.plots import contact_sheet
-from catdog.engines import score_local
-from catdog.runtime import Predictor
-from catdog.sources import Listing, LocalSource
-from catdog.split import read_manifest
+from catdog.training.metrics import classification_metrics, pr_points, roc_points
+from catdog.training.plots import contact_sheet
+from catdog.labeling.engines import score_local
+from catdog.labeling.runtime import Predictor
+from catdog.labeling.sources import Listing, LocalSource
+from catdog.training.split import read_manifest
 
 
 def _csv(rows: list[dict]) -> str:

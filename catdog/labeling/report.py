@@ -23,10 +23,10 @@ from catdog.cpus import usable_cpus
 from catdog.errors import CatdogError
 from catdog.fsutil import HashingReader, write_text
 from catdog.images import DEFAULT_MAX_PIXELS, ImageError, describe_error, load_thumbnail
-from catdog.jobrecord import file_sha256, job_record_path, read_job_record
-from catdog.labels import COLUMNS
-from catdog.runtime import ModelMeta
-from catdog.sources import LocalSource, Source, open_source
+from catdog.labeling.jobrecord import file_sha256, job_record_path, read_job_record
+from catdog.labeling.labels import COLUMNS
+from catdog.labeling.runtime import ModelMeta
+from catdog.labeling.sources import LocalSource, Source, open_source
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_IMAGES = 240  # thumbnails on the page: 2/5 the most uncertain, the rest a sample split between the labels

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from catdog import __version__
-from catdog.data import make_dataset
+from catdog.training.data import make_dataset
 from catdog.errors import CatdogError
 from catdog.fsutil import replace_dir, temp_dir_beside, write_json
-from catdog.metrics import choose_threshold, classification_metrics
-from catdog.model import accuracy_metric, build_model, flops_per_image, optimizer, unfreeze_top_blocks
-from catdog.params import Params
-from catdog.split import read_manifest
+from catdog.training.metrics import choose_threshold, classification_metrics
+from catdog.training.model import accuracy_metric, build_model, flops_per_image, optimizer, unfreeze_top_blocks
+from catdog.training.params import Params
+from catdog.training.split import read_manifest
 from catdog.tfsetup import import_tf, seed_everything
 
 tf = import_tf()
