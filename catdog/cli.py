@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from catdog.errors import CatdogError
+from catdog.errors import CatdogError, redact
 
 app = typer.Typer(
     help="catdog: a reproducible cat/dog classifier pipeline and batch labeler.",
@@ -199,10 +199,10 @@ def main() -> None:
     try:
         app()
     except CatdogError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact(str(exc))}", err=True)  # no credentials or signed query strings on screen
         sys.exit(1)
     except OSError as exc:  # e.g. an unwritable output folder or a full disk
         where = f"{exc.filename}: " if exc.filename else ""
-        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        typer.echo(f"error: {redact(f'{where}{exc.strerror or exc}')}", err=True)
         sys.exit(1)
     # Ctrl-C: typer itself exits 130 (predict-folder first says how to resume).

@@ -3,6 +3,7 @@ both engines; a missing bucket is a one-line error; an object that vanishes mid-
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,165 @@ def test_a_store_that_fails_mid_run_stops_the_run_instead_of_filling_it_with_err
         port = sock.getsockname()[1]
     with pytest.raises(CatdogError, match=rf"^cannot read s3://{BUCKET}/x/a.jpg: .*rerun with --resume$"):
         open_source(f"s3://{BUCKET}/x", f"http://127.0.0.1:{port}").read_bytes("a.jpg")
+
+
+ALLOW_ALL = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:*", "iam:*"], "Resource": "*"}]}'
+
+
+class Revoking:
+    """A predictor that deletes the run's own access key (as an admin revoking it would) at its `at`-th batch."""
+
+    def __init__(self, inner, at: int, revoke):
+        self.inner, self.meta, self.at, self.revoke, self.calls = inner, inner.meta, at, revoke, 0
+
+    def predict(self, images):
+        self.calls += 1
+        if self.calls == self.at:
+            self.revoke()
+        return self.inner.predict(images)
+
+
+@pytest.fixture
+def iam_s3(tmp_path, monkeypatch):
+    """A moto server enforcing IAM: 16 photos under s3://BUCKET/revoked/ (and the same folder locally), a user
+    allowed everything, two access keys of that user (as environment variables) and a function that deletes one."""
+    import boto3
+    import requests
+
+    import catdog.labeling.sources as sources
+    from conftest import make_image
+
+    folder = tmp_path / "photos"
+    for i in range(16):
+        make_image(folder / f"{i:02d}.jpg", seed=i, color=(16 * i, 90, 200))
+    with moto_s3() as (url, client):
+        client.create_bucket(Bucket=BUCKET)
+        for path in sorted(folder.iterdir()):
+            client.put_object(Bucket=BUCKET, Key=f"revoked/{path.name}", Body=path.read_bytes())
+        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
+        labeler, admin_user = (f"{role}-{uuid.uuid4().hex[:8]}" for role in ("labeler", "admin"))  # IAM is process-wide in moto
+        for user in (labeler, admin_user):
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=ALLOW_ALL)
+
+        def new_key(user: str = labeler) -> dict[str, str]:
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+        keys = [new_key(), new_key()]
+        admin = boto3.client("iam", endpoint_url=url, region_name="us-east-1", **{k.lower(): v for k, v in new_key(admin_user).items()})
+        requests.post(f"{url}/moto-api/reset-auth", data=b"0", timeout=10)  # from now on every request is checked
+        monkeypatch.setattr(sources, "_FILESYSTEMS", {})  # no filesystem holding another test's credentials
+        try:
+            yield url, folder, keys, lambda key: admin.delete_access_key(UserName=labeler, AccessKeyId=key["AWS_ACCESS_KEY_ID"])
+        finally:
+            requests.post(f"{url}/moto-api/reset-auth", data=b"inf", timeout=10)
+
+
+def test_credentials_revoked_mid_run_stop_it_with_progress_kept_and_resume_finishes_it(iam_s3, tiny_bundle, tmp_path, monkeypatch):
+    """Not a 'complete' CSV of 'permission denied' rows: the store refused the key, not the objects."""
+    from catdog.errors import CatdogError
+    from catdog.labeling.labels import progress_path
+    from catdog.labeling.predict import PredictOptions, predict
+    from catdog.labeling.runtime import load_predictor
+
+    url, folder, (first, second), revoke = iam_s3
+    for key, value in {**aws_free_env(tmp_path), **first}.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "labels.csv"
+    options = PredictOptions(f"s3://{BUCKET}/revoked", tiny_bundle, out, batch_size=2, workers=1, s3_endpoint_url=url)
+    with pytest.raises(CatdogError, match=r"^cannot read s3://.*: the access key is not valid .*\(InvalidAccessKeyId\); fix it and rerun with --resume$"):
+        predict(options, Revoking(load_predictor(tiny_bundle), 2, lambda: revoke(first)))
+    assert not out.exists() and progress_path(out).exists()
+    result = catdog(
+        "predict-folder", f"s3://{BUCKET}/revoked", "--model", tiny_bundle, "--out", out, "--batch-size", "2", "--resume",
+        "--s3-endpoint-url", url, env=aws_free_env(tmp_path, **second),
+    )
+    catdog("predict-folder", folder, "--model", tiny_bundle, "--out", tmp_path / "local.csv", "--batch-size", "2")
+    assert out.read_bytes() == (tmp_path / "local.csv").read_bytes() and "16 ok, 0 error" in result.stderr
+
+
+def test_a_bad_key_at_the_start_is_one_error_line_naming_the_code(iam_s3, tiny_bundle, tmp_path):
+    url, _, _, _ = iam_s3
+    result = catdog(
+        "predict-folder", f"s3://{BUCKET}/revoked", "--model", tiny_bundle, "--out", tmp_path / "l.csv", "--s3-endpoint-url", url,
+        env=aws_free_env(tmp_path, AWS_ACCESS_KEY_ID="AKIANOSUCHKEY0000000", AWS_SECRET_ACCESS_KEY="x"), check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: cannot list s3://{BUCKET}/revoked/: the access key is not valid (deleted, revoked or mistyped) (InvalidAccessKeyId)"
+    ), result.stderr
+
+
+def test_an_archived_object_says_so_and_a_missing_one_is_still_a_row(s3, tmp_path, monkeypatch):
+    from catdog.labeling.engines import decode
+    from catdog.labeling.sources import open_source
+
+    url, client = s3
+    for key, value in s3_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    client.put_object(Bucket=BUCKET, Key="cold/a.jpg", Body=b"frozen", StorageClass="GLACIER")
+    source = open_source(f"s3://{BUCKET}/cold", url)
+    assert decode(source, "a.jpg", None, 32, 10_000) == "archived (GLACIER): restore it first"
+    assert decode(source, "gone.jpg", None, 32, 10_000) == "file not found"
+
+
+def test_an_object_that_grows_past_the_limit_after_listing_is_an_error_row(s3, tmp_path, monkeypatch):
+    import catdog.labeling.sources as sources
+    from catdog.labeling.engines import decode
+
+    url, client = s3
+    for key, value in s3_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sources, "MAX_OBJECT_BYTES", 1000)  # the 128 MiB limit, scaled down
+    client.put_object(Bucket=BUCKET, Key="growing/a.jpg", Body=b"x" * 10)
+    source = sources.open_source(f"s3://{BUCKET}/growing", url)
+    assert source.list().problems == {}
+    client.put_object(Bucket=BUCKET, Key="growing/a.jpg", Body=b"x" * 5000)
+    assert decode(source, "a.jpg", None, 32, 10_000) == "object too large: 5,000 bytes (objects are read whole; the limit is 1,000)"
+
+
+def test_resume_refuses_the_same_bucket_on_another_endpoint(s3, tiny_bundle, tmp_path, monkeypatch):
+    """Two stores with the same bucket and keys are two sources: a run's rows never mix them."""
+    from catdog.errors import CatdogError
+    from catdog.labeling.predict import PredictOptions, predict
+    from catdog.labeling.runtime import load_predictor
+    from catdog.labeling.sources import describe_endpoint
+    from test_predict import Interrupting
+
+    url, client = s3
+    for key, value in s3_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "labels.csv"
+    source = f"s3://{BUCKET}/{PREFIX}"
+    with moto_s3() as (other_url, other):
+        other.create_bucket(Bucket=BUCKET)
+        for obj in client.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX)["Contents"]:
+            other.put_object(Bucket=BUCKET, Key=obj["Key"], Body=client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read())
+        with pytest.raises(KeyboardInterrupt):
+            predict(PredictOptions(source, tiny_bundle, out, batch_size=4, workers=1, s3_endpoint_url=url), Interrupting(load_predictor(tiny_bundle), 3))
+        with pytest.raises(CatdogError, match="different run"):
+            predict(PredictOptions(source, tiny_bundle, out, batch_size=4, workers=1, s3_endpoint_url=other_url, resume=True))
+    assert describe_endpoint("HTTP://user:secret@Minio.Example:9000/base/?X-Amz-Signature=abc") == "http://minio.example:9000/base"
+
+
+def test_credentials_in_the_endpoint_are_refused_and_query_strings_never_echoed(tiny_bundle, tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = catdog(
+        "predict-folder", f"s3://{BUCKET}/x", "--model", tiny_bundle, "--out", tmp_path / "l.csv",
+        "--s3-endpoint-url", f"http://alice:hunter2@127.0.0.1:{port}", env=s3_env(tmp_path), check=False,
+    )
+    assert result.returncode == 1 and "hunter2" not in result.stderr and "alice" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: the S3 endpoint http://127.0.0.1:{port} holds credentials (user:password@): give the bare URL, "
+        "and the credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile)"
+    )
+    for source, endpoint in ((f"s3://{BUCKET}/x?X-Amz-Signature=SECRET", f"http://127.0.0.1:{port}"),
+                             (f"s3://{BUCKET}/x", f"http://127.0.0.1:{port}/?X-Amz-Signature=SECRET")):
+        result = catdog("predict-folder", source, "--model", tiny_bundle, "--out", tmp_path / "l.csv",
+                        "--s3-endpoint-url", endpoint, env=s3_env(tmp_path), check=False, timeout=120)
+        assert result.returncode == 1 and result.stderr.startswith("error: ") and "SECRET" not in result.stderr, result.stderr

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from catdog.errors import CatdogError
+from catdog.errors import CatdogError, redact_url
 from catdog.labeling.labels import LabelsCSV, check_output, own_files, progress_path, run_lock
 from catdog.progress import progress_bar
 from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
@@ -105,6 +105,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
         model = _model_digest(options)
         key = {
             "source": source.describe(),
+            "endpoint": source.endpoint(),
             "model": model,
             "threshold": threshold,
             "shard": list(options.shard),
@@ -114,7 +115,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
         labels = LabelsCSV(out, key, files, predictor.meta.classes, threshold, options.resume)
         if labels.resume_after is not None:
             listing = listing.only([rel for rel in listing.paths if rel > labels.resume_after])
-        with labels, progress_bar(f"label {source.describe()}", len(listing)) as advance:
+        with labels, progress_bar(f"label {redact_url(source.describe())}", len(listing)) as advance:
             for batch in _engine(source, listing, predictor, options):
                 labels.write(batch)
                 advance(len(batch))

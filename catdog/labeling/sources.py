@@ -12,13 +12,14 @@ import errno
 import hashlib
 import os
 import stat
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from catdog.errors import CatdogError
+from catdog.errors import CatdogError, redact, redact_url
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class Source(Protocol):
     def describe(self) -> str:
         """The source as a user would write it: an absolute folder path or s3://bucket/prefix."""
 
+    def endpoint(self) -> str | None:
+        """The store the source reads from, as `describe_endpoint` gives it (no credentials, no query string):
+        None for a local folder or AWS's own S3. Part of the resume key and the job record, so two stores
+        holding the same bucket and key names are never mixed."""
+
 
 def _special(mode: int) -> str | None:
     if stat.S_ISREG(mode):
@@ -64,6 +70,9 @@ class LocalSource:
 
     def describe(self) -> str:
         return os.path.abspath(self.root)
+
+    def endpoint(self) -> str | None:
+        return None
 
     @contextmanager
     def opened(self, rel: str) -> Iterator[BinaryIO]:
@@ -178,6 +187,49 @@ class LocalSource:
 
 MAX_OBJECT_BYTES = 128 * 2**20  # an S3 object is read whole before decoding; larger ones are error rows
 
+# The S3 error codes that are about one object: its row says so and the run goes on. Every other failure
+# (InvalidAccessKeyId, ExpiredToken, SignatureDoesNotMatch, RequestTimeTooSkewed, a vanished bucket, the
+# endpoint or network, ...) is about the credentials or the store, and stops the run with its progress kept.
+_OBJECT_ERRORS = {"NoSuchKey", "NotFound", "AccessDenied", "InvalidObjectState"}
+
+
+def describe_endpoint(endpoint_url: str | None) -> str | None:
+    """The S3 endpoint a source reads from, as it goes into the resume key and the job record: the explicit
+    URL, else $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, as scheme://host[:port][/path] without credentials,
+    query string or trailing "/"; None for AWS's own S3."""
+    url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url.strip())
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), "", ""))
+
+
+def check_endpoint(endpoint_url: str | None) -> None:
+    """Refuse an endpoint URL that carries credentials (botocore would fail with a cryptic header error)."""
+    url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if url and "@" in urllib.parse.urlsplit(url).netloc:
+        raise CatdogError(
+            f"the S3 endpoint {redact_url(url)} holds credentials (user:password@): give the bare URL, and the "
+            "credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile)"
+        )
+
+
+def _s3_error(exc: BaseException) -> dict:
+    """The S3 error response ({"Code": ..., "Message": ...}) behind an exception s3fs or botocore raised, found
+    through its causes (s3fs turns InvalidAccessKeyId and AccessDenied alike into PermissionError); {} when
+    the failure never got an answer from the store (endpoint, network)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        response = getattr(link, "response", None)
+        error = response.get("Error") if isinstance(response, dict) else None
+        if error:
+            return error
+        link = link.__cause__ or link.__context__
+    return {}
+
 
 @dataclass(frozen=True)
 class S3Source:
@@ -192,12 +244,16 @@ class S3Source:
     def parse(cls, url: str, endpoint_url: str | None = None) -> S3Source:
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if not bucket:
-            raise CatdogError(f"invalid S3 source {url!r}: expected s3://bucket/prefix")
+            raise CatdogError(f"invalid S3 source {redact_url(url)!r}: expected s3://bucket/prefix")
+        check_endpoint(endpoint_url)
         prefix = prefix.strip("/")
         return cls(bucket, prefix + "/" if prefix else "", endpoint_url)
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+    def endpoint(self) -> str | None:
+        return describe_endpoint(self.endpoint_url)
 
     def _fs(self):
         return _s3_filesystem(self.endpoint_url)
@@ -207,24 +263,48 @@ class S3Source:
         yield self.read_bytes(rel)
 
     def read_bytes(self, rel: str) -> bytes:
-        """One GET of the exact key (no path parsing: `?` and `#` are ordinary key characters). A missing or
-        forbidden object is an OSError (its row says so); a failure of the store itself (credentials,
-        endpoint, network) is a CatdogError that stops the run, its progress kept, rather than turning every
-        later object into an error row."""
+        """One GET of the exact key (no path parsing: `?` and `#` are ordinary key characters). What is about
+        this object is an OSError or ImageError (its row says so): missing, forbidden, archived, or over
+        MAX_OBJECT_BYTES now (it may have grown since it was listed). A failure of the credentials or the
+        store itself (endpoint, network) is a CatdogError that stops the run, its progress kept, rather than
+        turning every later object into an error row."""
         import fsspec.asyn
 
         fs, key = self._fs(), self.prefix + rel
 
-        async def get() -> bytes:
+        async def get() -> bytes | int:
             response = await fs._call_s3("get_object", Bucket=self.bucket, Key=key)
-            return await response["Body"].read()
+            body = response["Body"]
+            size = response.get("ContentLength")
+            if size is not None and size > MAX_OBJECT_BYTES:
+                body.close()
+                return size
+            data = await body.read(MAX_OBJECT_BYTES + 1)
+            if len(data) > MAX_OBJECT_BYTES:
+                body.close()
+                return len(data)
+            return data
 
         try:
-            return fsspec.asyn.sync(fs.loop, get)
-        except (FileNotFoundError, PermissionError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - botocore, aiohttp: the store, not this object, failed
-            raise CatdogError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}; fix it and rerun with --resume") from None
+            got = fsspec.asyn.sync(fs.loop, get)
+        except Exception as exc:  # noqa: BLE001 - botocore, aiohttp: the object's or the store's fault, told apart
+            error = _s3_error(exc)
+            code = error.get("Code")
+            if code in ("NoSuchKey", "NotFound"):
+                raise FileNotFoundError(errno.ENOENT, "file not found") from None
+            if code == "AccessDenied":
+                raise PermissionError(errno.EACCES, "permission denied") from None
+            if code == "InvalidObjectState":
+                from catdog.images import ImageError
+
+                raise ImageError(f"archived ({error.get('StorageClass') or 'GLACIER'}): restore it first") from None
+            url = redact_url(f"s3://{self.bucket}/{key}")
+            raise CatdogError(f"cannot read {url}: {_s3_reason(exc)}; fix it and rerun with --resume") from None
+        if isinstance(got, int):
+            from catdog.images import ImageError
+
+            raise ImageError(_too_large(got))
+        return got
 
     def _pages(self, recursive: bool) -> Iterator[list[dict]]:
         fs = self._fs()
@@ -234,7 +314,7 @@ class S3Source:
                 page = fs.call_s3("list_objects_v2", **args)
                 more = page.get("IsTruncated") and page["NextContinuationToken"]
             except Exception as exc:  # noqa: BLE001 - any failure here means the source cannot be listed
-                raise CatdogError(f"cannot list {self.describe()}: {_s3_reason(exc)}") from None
+                raise CatdogError(f"cannot list {redact_url(self.describe())}: {_s3_reason(exc)}") from None
             yield page.get("Contents", [])
             if not more:
                 return
@@ -256,19 +336,37 @@ class S3Source:
                 if key.endswith("/"):
                     problems[rel] = "object key ends with '/' (not a file name)"
                 elif size > MAX_OBJECT_BYTES:
-                    problems[rel] = f"object too large: {size:,} bytes (objects are read whole; the limit is {MAX_OBJECT_BYTES:,})"
+                    problems[rel] = _too_large(size)
         if not paths:
-            raise CatdogError(f"no objects found under {self.describe()}")
+            raise CatdogError(f"no objects found under {redact_url(self.describe())}")
         paths.sort()
         return Listing(paths, problems)
 
 
+def _too_large(size: int) -> str:
+    return f"object too large: {size:,} bytes (objects are read whole; the limit is {MAX_OBJECT_BYTES:,})"
+
+
+# What a store-level failure means, for the codes a user can act on.
+_STORE_HINTS = {
+    "InvalidAccessKeyId": "the access key is not valid (deleted, revoked or mistyped)",
+    "ExpiredToken": "the session token has expired: renew the credentials",
+    "SignatureDoesNotMatch": "the request signature does not match (check the secret key)",
+    "RequestTimeTooSkewed": "this machine's clock is too far from the store's: sync it",
+}
+
+
 def _s3_reason(exc: BaseException) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "no such bucket"
-    if isinstance(exc, PermissionError):
+    error = _s3_error(exc)
+    code = error.get("Code")
+    if code in _STORE_HINTS:
+        return f"{_STORE_HINTS[code]} ({code})"
+    if code == "AccessDenied" or (not code and isinstance(exc, PermissionError)):
         return "access denied (check the AWS credentials)"
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    if code == "NoSuchBucket" or (not code and isinstance(exc, FileNotFoundError)):
+        return "no such bucket"
+    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return redact(f"{code}: {text}" if code and not text.startswith(code) else text)
 
 
 _FILESYSTEMS: dict[str | None, object] = {}
@@ -282,6 +380,7 @@ def _s3_filesystem(endpoint_url: str | None):
             import s3fs
         except ImportError:
             raise CatdogError('S3 sources need s3fs: pip install s3fs (or ".[s3]")') from None
+        check_endpoint(endpoint_url)
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         fs = s3fs.S3FileSystem(
             endpoint_url=endpoint,
