@@ -117,9 +117,11 @@ def evaluate(
 def predict_folder(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Folder of images to label, or an s3://bucket/prefix.")],
     model: Annotated[Path, typer.Option(envvar="CATDOG_MODEL", help="Model bundle folder, or its model.tflite / model.keras.")],
-    out: Annotated[Path, typer.Option(help="CSV to write: path,label,p_dog,status,error.")],
+    out: Annotated[Path, typer.Option(help="CSV to write: path,label,p_dog,pet_score,status,error.")],
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
     threshold: Annotated[Optional[float], typer.Option(help="p_dog at or above which the label is dog (default: the model's).")] = None,
+    pet_threshold: Annotated[Optional[float], typer.Option(help="pet_score below which the label is neither (default: the model's).")] = None,
+    neither: Annotated[bool, typer.Option("--neither/--no-neither", help="Label images that are neither a cat nor a dog `neither` (--no-neither: only cat or dog).")] = True,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Label files in subfolders too.")] = True,
     follow_links: Annotated[bool, typer.Option("--follow-links/--no-follow-links", help="Enter symlinked folders (each real folder once).")] = True,
     shard: Annotated[str, typer.Option(help="Label only shard K of N (0 <= K < N), chosen by a stable hash of each path.")] = "0/1",
@@ -133,11 +135,12 @@ def predict_folder(
     ray_actors: Annotated[Optional[int], typer.Option(min=1, help="How many Ray actors (default: the cluster's free CPUs / CPUs per actor).")] = None,
     s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources (default: AWS's).")] = None,
 ) -> None:
-    """Label every file under SOURCE as cat or dog into a CSV; bad files get status 'error' and a reason."""
+    """Label every file under SOURCE as cat, dog or neither into a CSV; bad files get status 'error' and a reason."""
     from catdog.labeling.predict import PredictOptions, RayOptions, parse_shard, predict, progress_path
 
     options = PredictOptions(
-        source=source, model=model, out=out, batch_size=batch_size, threshold=threshold, recursive=recursive,
+        source=source, model=model, out=out, batch_size=batch_size, threshold=threshold, pet_threshold=pet_threshold,
+        neither=neither, recursive=recursive,
         follow_links=follow_links, shard=parse_shard(shard), resume=resume, overwrite=overwrite, runtime=runtime,
         engine=engine, workers=workers, s3_endpoint_url=s3_endpoint_url,
         ray=RayOptions(address=ray_address, cpus_per_actor=ray_cpus_per_actor, actors=ray_actors),
@@ -151,8 +154,9 @@ def predict_folder(
         raise typer.Exit(130) from None
     total = summary.ok + summary.error
     earlier = f" ({total - summary.labeled_now} of them by the interrupted run)" if total > summary.labeled_now else ""
+    neither = f"; {summary.neither} of the ok neither a cat nor a dog" if summary.neither is not None else ""
     _say(
-        f"labeled {total} files{earlier}: {summary.ok} ok, {summary.error} error "
+        f"labeled {total} files{earlier}: {summary.ok} ok, {summary.error} error{neither} "
         f"in {summary.seconds:.1f}s ({summary.rate:.1f} images/s) -> {summary.out}"
     )
 

@@ -5,6 +5,7 @@ agrees with its printed p_dog."""
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import signal
@@ -16,8 +17,8 @@ import pytest
 from PIL import Image
 
 from catdog.cpus import cgroup_quota
-from catdog.labeling.labels import format_row, lock_path, run_lock
-from catdog.labeling.sources import LocalSource
+from catdog.labeling.labels import Decision, format_row, lock_path, run_lock
+from catdog.labeling.sources import LocalSource, path_from_text, path_text
 from conftest import catdog, cli_env, make_image
 
 POSTSCRIPT = b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 10 10\n/loop { loop } def\nshowpage\n"
@@ -218,7 +219,7 @@ def test_the_cgroup_v2_cpu_quota_caps_the_count(tmp_path):
     (0.7300004, 0.73, "dog", "0.730000"),
 ])
 def test_the_label_agrees_with_the_printed_p_dog(p_dog, threshold, label, printed):
-    assert format_row("x.jpg", p_dog, None, ("cat", "dog"), threshold) == ("x.jpg", label, printed, "ok", "")
+    assert format_row("x.jpg", p_dog, None, None, Decision(("cat", "dog"), threshold)) == ("x.jpg", label, printed, "", "ok", "")
 
 
 def test_a_fifo_put_in_a_files_place_after_listing_is_an_error_row_not_a_hang(tmp_path):
@@ -261,3 +262,44 @@ def test_a_link_to_the_runs_own_working_file_is_not_labelled(tiny_bundle, tmp_pa
     (tmp_path / "photos" / "sneaky_lock.jpg").symlink_to(lock_path(out))
     catdog("predict-folder", tmp_path / "photos", "--model", tiny_bundle, "--out", out)
     assert [r["path"] for r in read_rows(out)] == ["a.jpg"]
+
+
+@pytest.mark.parametrize(
+    "pet_score, pet_threshold, label",
+    [
+        (0.2999996, 0.3, "dog"),  # printed 0.300000: at the threshold keeps its label
+        (0.2999994, 0.3, "neither"),  # printed 0.299999
+        (0.01, None, "dog"),  # outcome off: never neither
+        (None, 0.3, "dog"),  # a model without a pet score: never neither
+    ],
+)
+def test_neither_is_decided_on_the_printed_pet_score_and_can_be_turned_off(pet_score, pet_threshold, label):
+    row = format_row("x.jpg", 0.9, pet_score, None, Decision(("cat", "dog"), 0.5, pet_threshold))
+    printed = "" if pet_score is None else f"{pet_score:.6f}"
+    assert row == ("x.jpg", label, "0.900000", printed, "ok", "")
+
+
+def test_error_rows_have_no_label_and_no_scores():
+    assert format_row("x.jpg", None, None, "empty file", Decision(("cat", "dog"), 0.5, 0.3)) == ("x.jpg", "", "", "", "error", "empty file")
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "lit\\udcffb.jpg", os.fsdecode(b"lit\xffb.jpg"), "a\\b", "x\\\\y", os.fsdecode(b"caf\xe9.jpg")])
+def test_path_text_is_valid_utf8_and_maps_back_to_exactly_one_name(name):
+    text = path_text(name)
+    text.encode("utf-8")  # no surrogates left
+    assert path_from_text(text) == name
+
+
+def test_a_literal_escape_in_a_name_and_an_undecodable_byte_get_different_rows(tmp_path, tiny_bundle):
+    root = tmp_path / "photos"
+    root.mkdir()
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(image, "JPEG")
+    for raw in (b"lit\\udcffb.jpg", b"lit\xffb.jpg", b"caf\xe9.jpg"):
+        (root / os.fsdecode(raw)).write_bytes(image.getvalue())
+    out = tmp_path / "labels.csv"
+    catdog("predict-folder", root, "--model", tiny_bundle, "--out", out)
+    paths = [row["path"] for row in read_rows(out)]
+    assert sorted(paths) == paths and len(set(paths)) == 3
+    assert set(paths) == {"lit\\\\udcffb.jpg", "lit\\xffb.jpg", "caf\\xe9.jpg"}
+    assert all(row["status"] == "ok" for row in read_rows(out))  # every one found again by its text

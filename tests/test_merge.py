@@ -17,14 +17,12 @@ import pytest
 
 from catdog.labeling.jobrecord import job_record_path, read_job_record, write_job_record
 from catdog.labeling.labels import COLUMNS, csv_writer, open_csv
-from catdog.labeling.merge import path_key
 from catdog.labeling.sources import shard_of
 from conftest import catdog, run
 
 N = 3
-# Names the CSV must quote, escape or sort carefully: "x\udcff.jpg" is the undecodable byte 0xff, written to
-# the CSV as the text "x\udcff.jpg", which sorts after "x\.jpg" and before "xé.jpg" as text but after "xé.jpg"
-# as the run sorted it.
+# Names the CSV must quote, escape or sort carefully: "x\xff.jpg" is the undecodable byte 0xff, written to
+# the CSV as the text "x\xff.jpg" (and "x\.jpg" as "x\\.jpg"); the CSV is sorted by that text.
 ODD_NAMES = ['comma, "quote".jpg', "crlf\r\nname.jpg", "ünïcødé 猫.jpg", "x\\.jpg", "xé.jpg", "x🐱.jpg", "NA"]
 UNDECODABLE = os.fsdecode(b"x\xff.jpg")
 
@@ -76,7 +74,7 @@ def rewrite(path: Path, rows: list[list[str]]) -> None:
     with open_csv(path, "w") as fh:
         writer = csv_writer(fh)
         writer.writerow(COLUMNS)
-        writer.writerows(sorted(rows, key=lambda row: path_key(row[0])))
+        writer.writerows(sorted(rows, key=lambda row: row[0]))
     record = read_job_record(path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     write_job_record(path, dataclasses.replace(record, rows=len(rows), csv_sha256=sha))
@@ -108,10 +106,10 @@ def test_merged_shards_equal_the_unsharded_csv_byte_for_byte(job, photos, tmp_pa
     result = merge(out, *reversed(shards), check=True)
     assert out.read_bytes() == job["single"].read_bytes()
     rows = read_rows(out)
-    errors = sum(row[3] == "error" for row in rows)
+    errors = sum(row[4] == "error" for row in rows)
     assert f"merged {N} shards of {photos}: {len(rows)} rows ({len(rows) - errors} ok, {errors} error) -> {out}" in result.stderr
     assert errors >= 5 and len(rows) == sum(1 for p in photos.rglob("*") if p.is_file())
-    assert "odd/x\\udcff.jpg" in {row[0] for row in rows}
+    assert "odd/x\\xff.jpg" in {row[0] for row in rows}
     frame = pd.read_csv(out, keep_default_na=False, dtype=str)
     assert list(frame.columns) == list(COLUMNS) and "odd/NA" in set(frame["path"])
     assert sorted(p.name for p in out.parent.iterdir()) == ["labels.csv", "labels.csv.job.json"], "no temporary files left"
@@ -179,7 +177,7 @@ def test_merge_refuses_a_row_in_the_wrong_shard_for_its_hash(job, tmp_path):
     shards = copy_shards(job, tmp_path)
     rows = read_rows(shards[0])
     moved, rows = rows[-1], rows[:-1]
-    assert shard_of(path_key(moved[0]), N) == 0
+    assert shard_of(moved[0], N) == 0
     rewrite(shards[0], rows)
     rewrite(shards[1], read_rows(shards[1]) + [moved])
     result = merge(tmp_path / "out.csv", *shards)
@@ -266,7 +264,7 @@ def write_big_job(root: Path, rows: int) -> list[Path]:
     counts = [0] * N
     for rel in sorted(f"folder{i % 97:02d}/photo {i:08d}.jpg" for i in range(rows)):
         k = shard_of(rel, N)
-        writers[k].writerow((rel, "dog", "0.734512", "ok", ""))
+        writers[k].writerow((rel, "dog", "0.734512", "", "ok", ""))
         counts[k] += 1
     for fh in handles:
         fh.close()

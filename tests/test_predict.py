@@ -127,7 +127,7 @@ def test_odd_file_names_round_trip_through_pandas_and_csv(hostile, tiny_bundle, 
     out = tmp_path / "labels.csv"
     catdog("predict-folder", root, "--model", tiny_bundle, "--out", out)
     frame = pd.read_csv(out, keep_default_na=False, dtype=str)
-    assert list(frame.columns) == ["path", "label", "p_dog", "status", "error"]
+    assert list(frame.columns) == ["path", "label", "p_dog", "pet_score", "status", "error"]
     names = set(frame["path"])
     for name in ODD_NAMES:
         assert name in names and (root / name).is_file()
@@ -276,7 +276,7 @@ def test_resume_after_an_interruption_gives_the_same_csv_as_an_uninterrupted_run
 def test_interrupted_progress_is_not_discarded_without_resume_or_overwrite(tiny_bundle, tmp_path):
     make_image(tmp_path / "in" / "a.jpg")
     out = tmp_path / "labels.csv"
-    (tmp_path / "labels.csv.partial").write_text("path,label,p_dog,status,error\n")
+    (tmp_path / "labels.csv.partial").write_text("path,label,p_dog,pet_score,status,error\n")
     (tmp_path / "labels.csv.progress.json").write_text("{}")
     result = catdog("predict-folder", tmp_path / "in", "--model", tiny_bundle, "--out", out, check=False)
     assert result.returncode == 1 and "--resume to continue it or --overwrite" in result.stderr
@@ -359,7 +359,7 @@ def test_resume_refuses_when_the_folders_files_changed(tiny_bundle, six_photos, 
 def test_resume_refuses_progress_from_a_different_run(tiny_bundle, tmp_path):
     make_image(tmp_path / "in" / "a.jpg")
     out = tmp_path / "labels.csv"
-    (tmp_path / "labels.csv.partial").write_text("path,label,p_dog,status,error\n")
+    (tmp_path / "labels.csv.partial").write_text("path,label,p_dog,pet_score,status,error\n")
     (tmp_path / "labels.csv.progress.json").write_text(json.dumps({"version": 1, "key": {"root": "/elsewhere"}, "bytes": 30, "last": "a"}))
     result = catdog("predict-folder", tmp_path / "in", "--model", tiny_bundle, "--out", out, "--resume", check=False)
     assert result.returncode == 1 and "different run" in result.stderr

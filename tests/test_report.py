@@ -33,24 +33,24 @@ from catdog.labeling.report import (
 import conftest
 from conftest import RealDataset, aws_free_env, catdog, make_image, missing_input, moto_s3, run
 
-HEADER = "path,label,p_dog,status,error\r\n"
+HEADER = "path,label,p_dog,pet_score,status,error\r\n"
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
 
 
-def write_labels(path: Path, rows: list[tuple[str, str, str, str, str]]) -> Path:
+def write_labels(path: Path, rows: list[tuple[str, ...]]) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\r\n")
-        writer.writerow(("path", "label", "p_dog", "status", "error"))
+        writer.writerow(("path", "label", "p_dog", "pet_score", "status", "error"))
         writer.writerows(sorted(rows))
     return path
 
 
-def ok(path: str, p: float, threshold: float = 0.5) -> tuple[str, str, str, str, str]:
-    return (path, "dog" if p >= threshold else "cat", f"{p:.6f}", "ok", "")
+def ok(path: str, p: float, threshold: float = 0.5) -> tuple[str, str, str, str, str, str]:
+    return (path, "dog" if p >= threshold else "cat", f"{p:.6f}", "", "ok", "")
 
 
-def err(path: str, reason: str) -> tuple[str, str, str, str, str]:
-    return (path, "", "", "error", reason)
+def err(path: str, reason: str) -> tuple[str, str, str, str, str, str]:
+    return (path, "", "", "", "error", reason)
 
 
 class _Tags(HTMLParser):
@@ -95,10 +95,10 @@ def _write_million(path: Path) -> None:
         for i in range(N_ROWS):
             rel, p, reason = _million_row(i)
             if p is None:
-                lines.append(f"{rel},,,error,{reason}\r\n")
+                lines.append(f"{rel},,,,error,{reason}\r\n")
             else:
                 printed = f"{p:.6f}"
-                lines.append(f"{rel},{'dog' if float(printed) >= 0.5 else 'cat'},{printed},ok,\r\n")
+                lines.append(f"{rel},{'dog' if float(printed) >= 0.5 else 'cat'},{printed},,ok,\r\n")
             if len(lines) == 50_000:
                 fh.write("".join(lines))
                 lines.clear()
@@ -205,13 +205,13 @@ def test_disagreements_with_the_threshold_are_counted(tmp_path):
     [
         ("", "is empty, not a labels CSV"),
         ("path,label\r\na.jpg,cat\r\n", "line 1: not a labels CSV: the header is 'path,label'"),
-        (HEADER + "a.jpg,cat,0.1,ok\r\n", "line 2: expected 5 fields, found 4"),
-        (HEADER + "a.jpg,cat,0.1,ok,\r\nb.jpg,cat,1.5,ok,\r\n", "line 3: p_dog '1.5' is not a number from 0 to 1"),
-        (HEADER + "a.jpg,cat,nan,ok,\r\n", "line 2: p_dog 'nan' is not a number from 0 to 1"),
-        (HEADER + "a.jpg,,0.1,ok,\r\n", "line 2: a row with status ok has no label"),
-        (HEADER + "a.jpg,cat,0.1,skipped,\r\n", "line 2: status 'skipped' is neither ok nor error"),
-        (HEADER + "a.jpg,cat,0.1,ok,\r\nb.jpg,dog,0.9,ok,\r\nc.jpg,bird,0.5,ok,\r\n", "line 4: a third label 'bird'"),
-        (HEADER + ',cat,0.1,ok,\r\n', "line 2: empty path"),
+        (HEADER + "a.jpg,cat,0.1,,ok\r\n", "line 2: expected 6 fields, found 5"),
+        (HEADER + "a.jpg,cat,0.1,,ok,\r\nb.jpg,cat,1.5,,ok,\r\n", "line 3: p_dog '1.5' is not a number from 0 to 1"),
+        (HEADER + "a.jpg,cat,nan,,ok,\r\n", "line 2: p_dog 'nan' is not a number from 0 to 1"),
+        (HEADER + "a.jpg,,0.1,,ok,\r\n", "line 2: a row with status ok has no label"),
+        (HEADER + "a.jpg,cat,0.1,,skipped,\r\n", "line 2: status 'skipped' is neither ok nor error"),
+        (HEADER + "a.jpg,cat,0.1,,ok,\r\nb.jpg,dog,0.9,,ok,\r\nn.jpg,neither,0.9,0.01,ok,\r\nc.jpg,bird,0.5,,ok,\r\n", "line 5: a fourth label 'bird'"),
+        (HEADER + ',cat,0.1,,ok,\r\n', "line 2: empty path"),
     ],
 )
 def test_a_file_that_is_not_a_labels_csv_is_refused_naming_the_line(tmp_path, content, message):
@@ -306,7 +306,7 @@ def test_threshold_comes_from_a_sharded_runs_job_record_while_it_describes_the_c
     write_report(labels, str(photos), tmp_path / "r.html", ReportOptions())
     assert "0.3000 <span class=\"note\">(the one the labeling run used, from labels.csv.job.json)" in (tmp_path / "r.html").read_text()
     with open(labels, "a", newline="") as fh:
-        fh.write("zz.jpg,,,error,empty file\r\n")  # changed since its run: the record no longer describes it
+        fh.write("zz.jpg,,,,error,empty file\r\n")  # changed since its run: the record no longer describes it
     write_report(labels, str(photos), tmp_path / "r.html", ReportOptions(overwrite=True))
     assert "0.5000 <span class=\"note\">(the default" in (tmp_path / "r.html").read_text()
 

@@ -1,8 +1,9 @@
 """Who scores the files: the local engine (decode threads a few batches ahead of one model) and the pieces
 every engine shares. The Ray engine (catdog.labeling.ray_engine) runs the same `decode` and `score_batch` in its actors.
 
-An engine takes a source and a listing and yields, in listing order, batches of `Scored` rows:
-(rel, p_dog, None) for an image, (rel, None, reason) for a file that could not be used.
+An engine takes a source and a listing and yields, in listing order, batches of `Scored` rows
+(`catdog.labeling.labels.Scored`): (rel, p_dog, pet_score, None) for an image, (rel, None, None, reason) for a file
+that could not be used.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import numpy as np
 
 from catdog.cpus import usable_cpus
 from catdog.images import ImageError, describe_error, load_image
+from catdog.labeling.labels import Scored
 from catdog.labeling.runtime import Predictor
 from catdog.labeling.sources import Listing, Source
 
-Scored = tuple[str, float | None, str | None]
 Decoded = np.ndarray | str
 
 LARGE_DECODE_PIXELS = 16_000_000
@@ -52,8 +53,16 @@ def decode(
 def score_batch(rels: Sequence[str], decoded: Sequence[Decoded], predictor: Predictor) -> list[Scored]:
     """One model call over the decoded images of a batch; the others keep their reasons."""
     arrays = [d for d in decoded if isinstance(d, np.ndarray)]
-    scores = iter(predictor.predict(np.stack(arrays)) if arrays else ())
-    return [(rel, float(next(scores)), None) if isinstance(d, np.ndarray) else (rel, None, d) for rel, d in zip(rels, decoded)]
+    p_dog, pet = predictor.predict(np.stack(arrays)) if arrays else ((), None)
+    scores = iter(zip(p_dog, pet if pet is not None else [None] * len(p_dog)))
+    rows: list[Scored] = []
+    for rel, d in zip(rels, decoded):
+        if isinstance(d, np.ndarray):
+            p, q = next(scores)
+            rows.append((rel, float(p), None if q is None else float(q), None))
+        else:
+            rows.append((rel, None, None, d))
+    return rows
 
 
 def score_local(

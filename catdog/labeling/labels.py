@@ -10,19 +10,51 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from catdog.errors import CatdogError
 from catdog.fsutil import write_json
 
-COLUMNS = ("path", "label", "p_dog", "status", "error")
-PROGRESS_VERSION = 3
-Scored = tuple[str, float | None, str | None]
+COLUMNS = ("path", "label", "p_dog", "pet_score", "status", "error")
+NEITHER = "neither"  # the label of an image the model finds to be neither of its two classes
+PROGRESS_VERSION = 4
+# One file as an engine scored it: (path text, p_dog, pet_score, None), or (path text, None, None, reason) for a file
+# that could not be used. pet_score is None when the model has no pet score (a bundle from before it had one).
+Scored = tuple[str, float | None, float | None, str | None]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a row's label follows from its printed scores: `neither` when `pet_threshold` is set and the printed
+    pet_score is below it, else classes[1] when the printed p_dog >= `threshold`, else classes[0]."""
+
+    classes: tuple[str, str]
+    threshold: float
+    pet_threshold: float | None = None  # None: the outcome is off (or the model has no pet score)
+
+    def label(self, p_dog: str, pet_score: str) -> str:
+        if self.pet_threshold is not None and pet_score and float(pet_score) < self.pet_threshold:
+            return NEITHER
+        return self.classes[int(float(p_dog) >= self.threshold)]
+
+
+@dataclass
+class RowCounts:
+    ok: int = 0  # neither rows included
+    error: int = 0
+    neither: int = 0
+
+    def add(self, other: RowCounts) -> None:
+        self.ok += other.ok
+        self.error += other.error
+        self.neither += other.neither
 
 
 def partial_path(out: Path) -> Path:
@@ -101,12 +133,36 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
-def format_row(rel: str, p_dog: float | None, reason: str | None, classes: tuple[str, str], threshold: float) -> tuple:
+def format_row(rel: str, p_dog: float | None, pet_score: float | None, reason: str | None, decision: Decision) -> tuple:
+    """One CSV row. Scores are printed with six decimals and the label decided on the printed values, so a row
+    never reads "cat,0.500000" at threshold 0.5."""
     if reason is not None:
-        return (rel, "", "", "error", reason)
+        return (rel, "", "", "", "error", reason)
     printed = f"{p_dog:.6f}"
-    # Decided on the printed value, so a row never reads "cat,0.500000" at threshold 0.5.
-    return (rel, classes[int(float(printed) >= threshold)], printed, "ok", "")
+    pet = "" if pet_score is None else f"{pet_score:.6f}"
+    return (rel, decision.label(printed, pet), printed, pet, "ok", "")
+
+
+def format_rows(batch: Iterable[Scored], decision: Decision) -> tuple[bytes, RowCounts, str | None]:
+    """A batch as CSV bytes (UTF-8, RFC 4180, CRLF), its counts and its last path: the one way a row is written,
+    whichever engine scored it (a Ray actor formats its own block)."""
+    text = io.StringIO()
+    writer = csv_writer(text)
+    counts = RowCounts()
+    last = None
+    for rel, p_dog, pet_score, reason in batch:
+        row = format_row(rel, p_dog, pet_score, reason, decision)
+        writer.writerow(row)
+        if reason is None:
+            counts.ok += 1
+            counts.neither += row[1] == NEITHER
+        else:
+            counts.error += 1
+        last = rel
+    return text.getvalue().encode("utf-8", "backslashreplace"), counts, last
+
+
+HEADER = (",".join(COLUMNS) + "\r\n").encode()
 
 
 def csv_writer(fh: TextIO):
@@ -122,14 +178,22 @@ def open_csv(path: Path, mode: str = "r") -> TextIO:
 
 class LabelsCSV:
     """The partial CSV of one run and its progress file. `resume_after` is the last path an interrupted run
-    wrote (None when starting over); `ok` and `error` count the rows written so far, the earlier run's too."""
+    wrote (None when starting over); `counts` counts the rows written so far, the earlier run's too."""
 
-    def __init__(self, out: Path, key: dict, files: str, classes: tuple[str, str], threshold: float, resume: bool):
-        self.out, self.key, self.files, self.classes, self.threshold = out, key, files, classes, threshold
+    def __init__(self, out: Path, key: dict, files: str, decision: Decision, resume: bool):
+        self.out, self.key, self.files, self.decision = out, key, files, decision
         self.partial, self.progress = partial_path(out), progress_path(out)
-        self.ok = self.error = 0
+        self.counts = RowCounts()
         self._keep, self.resume_after = self._load_progress() if resume else (0, None)
-        self._fh: TextIO | None = None
+        self._fh: BinaryIO | None = None
+
+    @property
+    def ok(self) -> int:
+        return self.counts.ok
+
+    @property
+    def error(self) -> int:
+        return self.counts.error
 
     def _load_progress(self) -> tuple[int, str | None]:
         if not self.progress.exists() or not self.partial.exists():
@@ -140,7 +204,7 @@ class LabelsCSV:
             raise CatdogError(f"cannot resume: {self.progress} is unreadable; rerun without --resume") from None
         if not isinstance(saved, dict) or saved.get("version") != PROGRESS_VERSION or saved.get("key") != self.key:
             raise CatdogError(
-                f"cannot resume: {self.progress} belongs to a different run (source, model, threshold, shard or recursion differ); "
+                f"cannot resume: {self.progress} belongs to a different run (source, model, thresholds, shard or recursion differ); "
                 "rerun without --resume"
             )
         if saved.get("files") != self.files:
@@ -150,10 +214,10 @@ class LabelsCSV:
             )
         if not isinstance(saved.get("bytes"), int) or self.partial.stat().st_size < saved["bytes"]:
             raise CatdogError(f"cannot resume: {self.partial} does not match its saved progress; rerun without --resume")
-        counts = (saved.get("ok"), saved.get("error"))
+        counts = (saved.get("ok"), saved.get("error"), saved.get("neither"))
         if not all(isinstance(n, int) and n >= 0 for n in counts):
             raise CatdogError(f"cannot resume: {self.progress} is unreadable; rerun without --resume")
-        self.ok, self.error = counts
+        self.counts = RowCounts(*counts)
         return saved["bytes"], saved.get("last")
 
     def __enter__(self) -> LabelsCSV:
@@ -161,30 +225,28 @@ class LabelsCSV:
             os.truncate(self.partial, self._keep)
         elif self.progress.exists():  # starting over: an older run's progress no longer describes the partial CSV
             self.progress.unlink()
-        self._fh = open_csv(self.partial, "a" if self._keep else "w")
-        self._writer = csv_writer(self._fh)
+        self._fh = open(self.partial, "ab" if self._keep else "wb")
         if not self._keep:
-            self._writer.writerow(COLUMNS)
+            self._fh.write(HEADER)
         return self
 
     def write(self, batch: Iterable[Scored]) -> None:
-        """Append a batch of rows and save the progress (on disk before the progress file says so)."""
+        """Format a batch of rows and append it (see `write_block`)."""
+        data, counts, last = format_rows(batch, self.decision)
+        self.write_block(data, counts, last)
+
+    def write_block(self, data: bytes, counts: RowCounts, last: str | None) -> None:
+        """Append rows formatted by `format_rows` and save the progress (on disk before the progress file says so)."""
         assert self._fh is not None
-        last = None
-        for rel, p_dog, reason in batch:
-            self._writer.writerow(format_row(rel, p_dog, reason, self.classes, self.threshold))
-            if reason is None:
-                self.ok += 1
-            else:
-                self.error += 1
-            last = rel
         if last is None:
             return
+        self._fh.write(data)
+        self.counts.add(counts)
         self._fh.flush()
         os.fsync(self._fh.fileno())
         write_json(self.progress, {
             "version": PROGRESS_VERSION, "key": self.key, "files": self.files, "bytes": self._fh.tell(), "last": last,
-            "ok": self.ok, "error": self.error,
+            "ok": self.counts.ok, "error": self.counts.error, "neither": self.counts.neither,
         })
 
     def finish(self, before_rename: Callable[[Path], None] | None = None) -> None:

@@ -15,7 +15,6 @@ import dataclasses
 import heapq
 import io
 import os
-import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -28,16 +27,7 @@ from catdog.labeling.jobrecord import JobRecord, file_sha256, job_record_path, r
 from catdog.labeling.labels import COLUMNS, csv_writer, open_csv
 from catdog.labeling.sources import shard_of
 
-# The labels writer escapes a file name's undecodable bytes (lone surrogates after os.fsdecode) as the
-# text "\udcff"; the run sorted and hashed the name with the surrogate itself.
-_ESCAPED_SURROGATE = re.compile(r"\\ud[89a-f][0-9a-f]{2}")
-
-
-def path_key(text: str) -> str:
-    """The path as the run sorted and hashed it."""
-    if "\\ud" not in text:
-        return text
-    return _ESCAPED_SURROGATE.sub(lambda m: chr(int(m.group(0)[2:], 16)), text)
+STATUS = COLUMNS.index("status")
 
 
 @dataclass(frozen=True)
@@ -85,11 +75,11 @@ def _stream(shard: _Shard, index: int, raw: HashingReader) -> Iterator[tuple[str
             raise CatdogError(f"{where} is not a catdog labels CSV: its header is {','.join(header)[:80]!r}, expected {','.join(COLUMNS)!r}")
         last = None
         for row in reader:
-            if len(row) != len(COLUMNS) or row[3] not in ("ok", "error"):
+            if len(row) != len(COLUMNS) or row[STATUS] not in ("ok", "error"):
                 raise CatdogError(
                     f"{where}: line {reader.line_num} is not a labels row ({len(row)} fields): truncated or not a catdog labels CSV"
                 )
-            key = path_key(row[0])
+            key = row[0]  # the path text: what the run sorted and sharded by
             if last is not None and key <= last:
                 what = "repeats the path above it" if key == last else "is out of order"
                 raise CatdogError(f"{where}: line {reader.line_num} {what} ({row[0]!r}): not a catdog labels CSV")
@@ -180,7 +170,7 @@ def _write(writer, item: tuple[str, int, list[str]], shards: list[_Shard], n: in
     if belongs != k:
         raise CatdogError(f"{shards[index].csv}: path {row[0]!r} belongs to shard {belongs}/{n}, not {k}/{n}")
     writer.writerow(row)
-    return (ok + 1, error) if row[3] == "ok" else (ok, error + 1)
+    return (ok + 1, error) if row[STATUS] == "ok" else (ok, error + 1)
 
 
 def _check_content(shard: _Shard, sha256: str) -> None:

@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catdog.errors import CatdogError, redact_url
-from catdog.labeling.labels import LabelsCSV, check_output, own_files, progress_path, run_lock
+from catdog.labeling.labels import Decision, LabelsCSV, check_output, own_files, progress_path, run_lock
 from catdog.progress import progress_bar
 from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
-from catdog.labeling.runtime import Predictor, load_predictor, resolve_model_file
+from catdog.labeling.runtime import ModelMeta, Predictor, load_predictor, resolve_model_file
 from catdog.labeling.sources import Listing, Source, files_digest, open_source, parse_shard, shard_of
 
 ENGINES = ("local", "ray")
 
-__all__ = ["PredictOptions", "RayOptions", "Summary", "predict", "parse_shard", "progress_path", "shard_of"]
+__all__ = ["PredictOptions", "RayOptions", "Summary", "decision_for", "predict", "parse_shard", "progress_path", "shard_of"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class PredictOptions:
     out: Path
     batch_size: int = 64
     threshold: float | None = None  # None: the model's (meta.json)
+    pet_threshold: float | None = None  # None: the model's (meta.json); label `neither` below it
+    neither: bool = True  # False: never label `neither` (folders known to hold only cats and dogs)
     recursive: bool = True
     follow_links: bool = True
     shard: tuple[int, int] = (0, 1)
@@ -58,6 +60,7 @@ class Summary:
     error: int
     seconds: float
     labeled_now: int  # files this run labeled (fewer than ok + error after --resume)
+    neither: int | None = None  # ok rows labeled `neither`; None when the run could not say `neither`
 
     @property
     def rate(self) -> float:
@@ -79,7 +82,7 @@ def _listing(source: Source, options: PredictOptions) -> Listing:
 
 
 def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summary:
-    """Label every file of `options.source` into the CSV `options.out` (columns path,label,p_dog,status,error).
+    """Label every file of `options.source` into the CSV `options.out` (columns path,label,p_dog,pet_score,status,error).
 
     `predictor` replaces the model the local engine would load (tests wrap it); the Ray engine's actors
     load the bundle themselves.
@@ -94,9 +97,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
     source = open_source(options.source, options.s3_endpoint_url)
     if predictor is None:
         predictor = load_predictor(options.model, options.runtime)
-    threshold = predictor.meta.threshold if options.threshold is None else options.threshold
-    if not 0 < threshold < 1:
-        raise CatdogError(f"invalid threshold {threshold}: must be between 0 and 1")
+    decision = decision_for(predictor.meta, options)
     out = options.out
     with run_lock(out):
         check_output(out, options.resume, options.overwrite)
@@ -107,20 +108,36 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
             "source": source.describe(),
             "endpoint": source.endpoint(),
             "model": model,
-            "threshold": threshold,
+            "threshold": decision.threshold,
+            "pet_threshold": decision.pet_threshold,
             "shard": list(options.shard),
             "recursive": options.recursive,
             "follow_links": options.follow_links,
         }
-        labels = LabelsCSV(out, key, files, predictor.meta.classes, threshold, options.resume)
+        labels = LabelsCSV(out, key, files, decision, options.resume)
         if labels.resume_after is not None:
             listing = listing.only([rel for rel in listing.paths if rel > labels.resume_after])
         with labels, progress_bar(f"label {redact_url(source.describe())}", len(listing)) as advance:
             for batch in _engine(source, listing, predictor, options):
                 labels.write(batch)
                 advance(len(batch))
-            labels.finish(_job_recorder(source, options, threshold, model, labels))
-    return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(listing))
+            labels.finish(_job_recorder(source, options, decision.threshold, model, labels))
+    return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(listing),
+                   None if decision.pet_threshold is None else labels.counts.neither)
+
+
+def decision_for(meta: ModelMeta, options: PredictOptions) -> Decision:
+    """The labeling rule of a run: the model's thresholds unless the options override them; `neither` only when
+    the options allow it and the model has a pet score."""
+    threshold = meta.threshold if options.threshold is None else options.threshold
+    if not 0 < threshold < 1:
+        raise CatdogError(f"invalid threshold {threshold}: must be between 0 and 1")
+    pet_threshold = meta.pet_threshold if options.pet_threshold is None else options.pet_threshold
+    if pet_threshold is not None and not 0 < pet_threshold < 1:
+        raise CatdogError(f"invalid pet threshold {pet_threshold}: must be between 0 and 1")
+    if options.pet_threshold is not None and meta.pet_threshold is None:
+        raise CatdogError("--pet-threshold: this model has no pet score (it was trained before catdog could say `neither`); retrain it")
+    return Decision(meta.classes, threshold, pet_threshold if options.neither else None)
 
 
 def _engine(source: Source, listing: Listing, predictor: Predictor, options: PredictOptions):

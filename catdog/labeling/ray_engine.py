@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from catdog.cpus import usable_cpus
-from catdog.labeling.engines import Scored, decode, score_batch
+from catdog.labeling.engines import decode, score_batch
+from catdog.labeling.labels import Scored
 from catdog.errors import CatdogError
 from catdog.logs import is_verbose, native_stderr_filtered_live
 from catdog.labeling.runtime import resolve_model_file
@@ -72,8 +73,9 @@ class Labeler:
         scored = score_batch(rels, decoded, self.predictor)
         return {
             "i": np.asarray(batch["i"], dtype=np.int64),
-            "p_dog": np.array([np.nan if p is None else p for _, p, _ in scored], dtype=np.float64),
-            "reason": np.array([(r or "").encode("utf-8", "backslashreplace") for _, _, r in scored], dtype=object),
+            "p_dog": np.array([np.nan if p is None else p for _, p, _, _ in scored], dtype=np.float64),
+            "pet": np.array([np.nan if q is None else q for _, _, q, _ in scored], dtype=np.float64),
+            "reason": np.array([(r or "").encode("utf-8", "backslashreplace") for _, _, _, r in scored], dtype=object),
         }
 
 
@@ -189,9 +191,10 @@ def _score(source: Source, listing: Listing, model_file: Path, runtime: str, opt
                 if len(indices) and not np.array_equal(indices, np.arange(expected, expected + len(indices))):
                     raise CatdogError(f"the Ray engine returned rows out of order at row {expected}; progress is kept: rerun with --resume")
                 rows = []
-                for i, p, reason in zip(indices, out["p_dog"], out["reason"]):
+                for i, p, q, reason in zip(indices, out["p_dog"], out["pet"], out["reason"]):
                     text = bytes(reason).decode("utf-8")
-                    rows.append((listing.paths[i], None, text) if text else (listing.paths[i], float(p), None))
+                    pet = None if np.isnan(q) else float(q)
+                    rows.append((listing.paths[i], None, None, text) if text else (listing.paths[i], float(p), pet, None))
                 expected += len(indices)
                 yield rows
         except CatdogError:

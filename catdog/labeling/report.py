@@ -31,7 +31,7 @@ from catdog.labeling.sources import LocalSource, Source, open_source
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_IMAGES = 240  # thumbnails on the page: 2/5 the most uncertain, the rest a sample split between the labels
 MAX_IMAGES = 1000
-MAX_LABELS = 2  # a two-class model's CSV; more labels means it is not a catdog labels CSV
+MAX_LABELS = 3  # cat, dog and neither; more labels means it is not a catdog labels CSV
 HISTOGRAM_BINS = 20
 ERROR_PATHS = 20  # paths listed under each error reason
 MAX_REASONS = 100  # distinct error reasons listed; errors with any further reason are counted together
@@ -195,9 +195,9 @@ def summarize_labels(csv_path: Path, selection: Selection) -> LabelSummary:
                 raise bad(f"not a labels CSV: the header is {','.join(header)!r}, expected {','.join(COLUMNS)!r}")
             for record in reader:
                 try:
-                    path, label, p_text, status, error = record
+                    path, label, p_text, _pet_text, status, error = record
                 except ValueError:
-                    raise bad(f"expected 5 fields, found {len(record)}") from None
+                    raise bad(f"expected {len(COLUMNS)} fields, found {len(record)}") from None
                 if not path:
                     raise bad("empty path")
                 summary.rows += 1
@@ -213,7 +213,7 @@ def summarize_labels(csv_path: Path, selection: Selection) -> LabelSummary:
                     stats = summary.labels.get(label)
                     if stats is None:
                         if len(summary.labels) == MAX_LABELS:
-                            raise bad(f"a third label {label!r} (after {', '.join(map(repr, summary.labels))}): not a two-class labels CSV")
+                            raise bad(f"a fourth label {label!r} (after {', '.join(map(repr, summary.labels))}): not a two-class labels CSV")
                         stats = summary.labels[label] = LabelStats()
                         reservoirs[label] = _Reservoir(selection.n_sample, selection.seed, label)
                     # The hot path, per row: no object is made for a row that is not kept.

@@ -28,6 +28,7 @@ class ModelMeta:
     threshold: float
     model: str
     max_pixels: int = DEFAULT_MAX_PIXELS  # the pixel limit the model was trained with
+    pet_threshold: float | None = None  # pet_score below which an image is neither class; None: no pet score
 
     @classmethod
     def read(cls, path: Path) -> ModelMeta:
@@ -36,26 +37,38 @@ class ModelMeta:
             meta = cls(
                 tuple(raw["classes"]), int(raw["image_size"]), float(raw["threshold"]), str(raw.get("model", "?")),
                 int(raw.get("max_pixels", DEFAULT_MAX_PIXELS)),
+                None if raw.get("pet_threshold") is None else float(raw["pet_threshold"]),
             )
         except FileNotFoundError:
             raise CatdogError(f"model metadata not found: {path} (expected beside the model)") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CatdogError(f"invalid model metadata {path}: {' '.join(str(exc).split())}") from None
         names_ok = isinstance(raw["classes"], list) and all(isinstance(c, str) and c for c in meta.classes)
-        if not names_ok or len(set(meta.classes)) != 2 or not 0 < meta.threshold < 1 or meta.image_size < 1 or meta.max_pixels < 1:
+        pet_ok = meta.pet_threshold is None or 0 < meta.pet_threshold < 1
+        if not names_ok or len(set(meta.classes)) != 2 or not 0 < meta.threshold < 1 or meta.image_size < 1 or meta.max_pixels < 1 or not pet_ok:
             raise CatdogError(
                 f"invalid model metadata {path}: needs a list of 2 distinct class names, 0 < threshold < 1, "
-                "image_size >= 1 and max_pixels >= 1"
+                "image_size >= 1, max_pixels >= 1 and, if set, 0 < pet_threshold < 1"
             )
         return meta
+
+
+Scores = tuple[np.ndarray, "np.ndarray | None"]
+
+
+def split_outputs(out: np.ndarray, n: int) -> Scores:
+    """A model's output as (p_dog, pet_score): (n, 2) holds both; (n, 1), a bundle from before the pet score, p_dog only."""
+    out = np.asarray(out, dtype=np.float64).reshape(n, -1)
+    return out[:, 0].copy(), (out[:, 1].copy() if out.shape[1] > 1 else None)
 
 
 class Predictor(Protocol):
     meta: ModelMeta
     runtime: str
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """p(classes[1]) for a batch of uint8 or float 0-255 RGB images, shape (n,)."""
+    def predict(self, images: np.ndarray) -> Scores:
+        """For a batch of uint8 or float 0-255 RGB images: p(classes[1]), shape (n,), and the pet score, shape (n,)
+        (None when the model has none)."""
 
 
 class LiteRTPredictor:
@@ -87,7 +100,7 @@ class LiteRTPredictor:
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._batch = -1
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray) -> Scores:
         n = len(images)
         if n != self._batch:
             self._interpreter.resize_tensor_input(self._input, [n, self.meta.image_size, self.meta.image_size, 3])
@@ -95,7 +108,7 @@ class LiteRTPredictor:
             self._batch = n
         self._interpreter.set_tensor(self._input, np.asarray(images, dtype=np.float32))
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output).reshape(n).astype(np.float64)
+        return split_outputs(self._interpreter.get_tensor(self._output), n)
 
 
 class KerasPredictor:
@@ -117,9 +130,9 @@ class KerasPredictor:
         self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         self._tf = tf
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray) -> Scores:
         out = self._call(self._tf.convert_to_tensor(np.asarray(images, dtype=np.float32)))
-        return np.asarray(out).reshape(len(images)).astype(np.float64)
+        return split_outputs(np.asarray(out), len(images))
 
 
 def _litert_available() -> bool:

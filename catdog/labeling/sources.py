@@ -1,7 +1,8 @@
 """Where the files to label come from: a local folder or an S3 prefix. Each lists (without opening) and reads.
 
 A listing is a sorted list of relative paths ("/"-separated) plus the few problems known without reading
-a file (broken symlink, FIFO, ...). Only the path text is kept per file, so ten million files cost little
+a file (broken symlink, FIFO, ...). A path is held as its CSV text (`path_text`): what the labels CSV shows, sorts
+and shards by; a source opens `path_from_text(rel)`. Only the path text is kept per file, so ten million files cost little
 more than their names; full paths are built when a file is read. Sources are small picklable values, so
 a Ray actor on another node rebuilds the same source from them.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +22,34 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from catdog.errors import CatdogError, redact, redact_url
+
+
+_ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f])")
+
+
+def path_text(name: str) -> str:
+    """A file name (undecodable bytes as surrogateescape, as os.listdir gives them) as the labels CSV writes it:
+    every backslash doubled and every undecodable byte written `\\xHH`, so the text is valid UTF-8 and maps back to
+    exactly one name. A UTF-8 name without a backslash, nearly every name, is unchanged."""
+    if "\\" not in name and (name.isascii() or not _has_surrogate(name)):
+        return name
+    raw = name.replace("\\", "\\\\").encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _has_surrogate(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def path_from_text(text: str) -> str:
+    """The file name `path_text` wrote as `text` (the inverse of `path_text`)."""
+    if "\\" not in text:
+        return text
+    return _ESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(0xDC00 + int(m.group(1)[1:], 16)), text)
 
 
 @dataclass(frozen=True)
@@ -77,7 +107,7 @@ class LocalSource:
     @contextmanager
     def opened(self, rel: str) -> Iterator[BinaryIO]:
         # O_NONBLOCK: a FIFO put in a file's place after listing must not block the reading thread for good.
-        fd = os.open(os.path.join(self.root, rel), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(os.path.join(self.root, path_from_text(rel)), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         try:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
@@ -92,7 +122,7 @@ class LocalSource:
             yield fh
 
     def read_bytes(self, rel: str) -> bytes:
-        with open(os.path.join(self.root, rel), "rb") as fh:
+        with open(os.path.join(self.root, path_from_text(rel)), "rb") as fh:
             return fh.read()
 
     def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
@@ -135,7 +165,7 @@ class LocalSource:
                     for child in it:
                         if not child.is_symlink() and child.is_file(follow_symlinks=False):  # no stat call
                             if skip is None or not skip(os.path.join(real_folder, child.name)):
-                                paths.append(prefix + child.name)
+                                paths.append(prefix + path_text(child.name))
                         else:
                             others.append(child)
             except OSError as exc:
@@ -144,8 +174,8 @@ class LocalSource:
                 bad(prefix.rstrip("/"), f"cannot list folder: {exc.strerror or exc}")
                 continue
             subfolders = []
-            for child in sorted(others, key=lambda c: c.name):
-                rel = prefix + child.name
+            for child in sorted(others, key=lambda c: path_text(c.name)):
+                rel = prefix + path_text(child.name)
                 try:
                     link = child.is_symlink()
                     # A link to the run's own CSV or working files (even one not written yet) is theirs too.
@@ -270,7 +300,7 @@ class S3Source:
         turning every later object into an error row."""
         import fsspec.asyn
 
-        fs, key = self._fs(), self.prefix + rel
+        fs, key = self._fs(), self.prefix + path_from_text(rel)
 
         async def get() -> bytes | int:
             response = await fs._call_s3("get_object", Bucket=self.bucket, Key=key)
@@ -331,7 +361,7 @@ class S3Source:
                 key, size = obj["Key"], obj.get("Size", 0)
                 if key.endswith("/") and not size:
                     continue
-                rel = key[cut:]
+                rel = path_text(key[cut:])
                 paths.append(rel)
                 if key.endswith("/"):
                     problems[rel] = "object key ends with '/' (not a file name)"

@@ -32,7 +32,7 @@ def evaluate(
     rows = read_manifest(test_csv)
     p_dog = []
     for batch in score_local(LocalSource(str(images)), Listing([path for path, _ in rows]), predictor, batch_size):
-        for rel, p, reason in batch:
+        for rel, p, _pet, reason in batch:
             if reason is not None:
                 raise CatdogError(f"{images / rel}: {reason}")
             p_dog.append(p)
