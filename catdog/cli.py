@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from catdog.errors import CatdogError, redact
+from catdog.errors import CatdogError, printable, redact
 
 app = typer.Typer(
     help="catdog: a reproducible cat/dog classifier pipeline and batch labeler.",
@@ -24,7 +24,8 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="The params YAML file 
 
 
 def _say(message: str) -> None:
-    typer.echo(message, err=True)
+    """One line for the user on stderr; user text in it (file names, a record's source) cannot move the cursor."""
+    typer.echo(printable(message), err=True)
 
 
 @app.callback()
@@ -150,7 +151,7 @@ def predict_folder(
     except KeyboardInterrupt:
         saved = progress_path(out)
         hint = f"progress kept in {saved}; rerun with --resume to continue" if saved.exists() else "nothing labeled yet"
-        typer.echo(f"interrupted: {hint}", err=True)
+        _say(f"interrupted: {hint}")
         raise typer.Exit(130) from None
     total = summary.ok + summary.error
     earlier = f" ({total - summary.labeled_now} of them by the interrupted run)" if total > summary.labeled_now else ""
@@ -203,10 +204,10 @@ def main() -> None:
     try:
         app()
     except CatdogError as exc:
-        typer.echo(f"error: {redact(str(exc))}", err=True)  # no credentials or signed query strings on screen
+        typer.echo(f"error: {printable(redact(str(exc)))}", err=True)  # no credentials, no terminal escapes
         sys.exit(1)
     except OSError as exc:  # e.g. an unwritable output folder or a full disk
         where = f"{exc.filename}: " if exc.filename else ""
-        typer.echo(f"error: {redact(f'{where}{exc.strerror or exc}')}", err=True)
+        typer.echo(f"error: {printable(redact(f'{where}{exc.strerror or exc}'))}", err=True)
         sys.exit(1)
     # Ctrl-C: typer itself exits 130 (predict-folder first says how to resume).

@@ -1,4 +1,5 @@
-"""The one exception type that reaches the user as a one-line message, and the redaction every such line gets."""
+"""The one exception type that reaches the user as a one-line message, the redaction every such line gets, and
+the one way user text is shown (`printable`)."""
 
 import re
 
@@ -29,3 +30,13 @@ _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,;:
 def redact(text: str) -> str:
     """`text` with every URL in it redacted (see `redact_url`): for `error:` lines and exception texts."""
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def printable(text: object) -> str:
+    """Text safe to show on one line of a terminal or page: every character that is not printable (control
+    characters such as ESC, CR and LF, bidirectional overrides, zero-width ones, lone surrogates of an
+    undecodable file name) as its Python escape (`\\x1b`, `\\n`, `\\u202e`, `\\udcff`); spaces are kept."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in s)

@@ -6,7 +6,10 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from catdog.errors import printable
+
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -34,5 +37,5 @@ def progress_bar(description: str, total: float | None, unit: str = "items") -> 
         transient=True,
         disable=not _console.is_terminal,
     ) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(escape(printable(description)), total=total)  # a folder name is neither markup nor escapes
         yield lambda n: bar.advance(task, n)

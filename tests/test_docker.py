@@ -282,7 +282,7 @@ def test_baked_model_read_only_input_output_owned_by_caller(images, photos, host
     )
     csv_path = out / "labels.csv"
     assert (csv_path.stat().st_uid, csv_path.stat().st_gid) == (uid, gid)
-    assert sorted(p.name for p in out.iterdir()) == ["labels.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.csv", "labels.csv.job.json"]
     assert sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*")) == before
     assert_labels(csv_path)
     assert_same_labels(csv_path, host_csv, threshold)

@@ -8,12 +8,15 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+import catdog as catdog_module
 
 from catdog.labeling.jobrecord import job_record_path, read_job_record, write_job_record
 from catdog.labeling.labels import COLUMNS, csv_writer, open_csv
@@ -160,7 +163,10 @@ def test_merge_refuses_shards_of_different_jobs(differs, job, photos, tiny_bundl
     shard = f"1/{N + 1}" if differs == "shards" else f"1/{N}"
     catdog("predict-folder", folder, "--model", model, "--out", foreign, "--shard", shard, *extra)
     result = merge(tmp_path / "out.csv", shards[0], foreign, shards[2])
-    assert_refused(result, f"{foreign} is from a different job than {shards[0]}: {differs} ")
+    assert_refused(
+        result, f"{foreign} is from a different job than {shards[0]}: {differs} ",
+        f"(see {job_record_path(foreign)} and {job_record_path(shards[0])})",
+    )
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -205,7 +211,7 @@ def test_merge_refuses_a_file_that_is_not_a_catdog_csv(content, job, tmp_path):
     target = shards[2]
     if content == "other_header":
         target.write_text("path,label\r\nodd/NA,cat\r\n", encoding="utf-8")
-        needle = "is not a catdog labels CSV: its header is 'path,label'"
+        needle = "line 1: not a catdog labels CSV: the header is 'path,label'"
     elif content == "empty":
         target.write_bytes(b"")
         needle = "is empty: not a catdog labels CSV"
@@ -250,11 +256,12 @@ def test_merge_never_replaces_out_without_overwrite(job, tmp_path):
     assert out.read_bytes() == job["single"].read_bytes()
 
 
-def write_big_job(root: Path, rows: int) -> list[Path]:
-    """N shard CSVs of a made-up job with `rows` rows in all, each in the shard its path hashes to, and
+def write_big_job(root: Path, rows: int, n: int = N, source: str = "/data") -> list[Path]:
+    """n shard CSVs of a made-up job with `rows` rows in all, each in the shard its path hashes to, and
     records that match them."""
     from catdog.labeling.jobrecord import JobRecord
 
+    N = n
     root.mkdir(parents=True)
     shards = [root / f"labels-{k}.csv" for k in range(N)]
     handles = [open_csv(path, "w") for path in shards]
@@ -264,14 +271,15 @@ def write_big_job(root: Path, rows: int) -> list[Path]:
     counts = [0] * N
     for rel in sorted(f"folder{i % 97:02d}/photo {i:08d}.jpg" for i in range(rows)):
         k = shard_of(rel, N)
-        writers[k].writerow((rel, "dog", "0.734512", "", "ok", ""))
+        fields = {"path": rel, "label": "dog", "p_dog": "0.734512", "pet_score": "0.912345", "status": "ok", "error": ""}
+        writers[k].writerow([fields[c] for c in COLUMNS])
         counts[k] += 1
     for fh in handles:
         fh.close()
     for k, path in enumerate(shards):
         write_job_record(path, JobRecord(
-            source="/data", model="sha256:" + "0" * 64, threshold=0.5, shard=(k, N), recursive=True, rows=counts[k],
-            csv_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            source=source, model="sha256:" + "0" * 64, threshold=0.5, shard=(k, N), recursive=True, rows=counts[k],
+            csv_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), listing="0" * 32,
         ))
     return shards
 
@@ -296,3 +304,156 @@ def test_merge_streams_rows_instead_of_holding_them(tmp_path):
     with open_csv(tmp_path / "big.csv") as fh:
         paths = [row[0] for row in csv.reader(fh)][1:]
     assert len(paths) == 300_000 and paths == sorted(paths)
+
+
+# --- the job record of every run (issue 21.2) and hardening (issue 20) -------------------------------------
+
+
+def test_every_run_writes_a_job_record_saying_what_made_the_csv(job, photos, tiny_bundle):
+    single = job["single"]
+    raw = json.loads(job_record_path(single).read_text())
+    record = read_job_record(single)
+    assert raw["version"] == 2 and record.shard == (0, 1) and record.source == str(photos) and record.endpoint is None
+    assert record.rows == len(read_rows(single)) and record.csv_sha256 == hashlib.sha256(single.read_bytes()).hexdigest()
+    meta = json.loads((tiny_bundle / "meta.json").read_text())
+    assert record.threshold == meta["threshold"] and record.pet_threshold == meta.get("pet_threshold")
+    assert record.neither is True and (record.recursive, record.follow_links) == (True, True)
+    assert record.model.startswith("sha256:") and len(record.listing) == 32
+    assert record.catdog_version == catdog_module.__version__ and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record.written)
+    # Every shard saw the same listing of the whole folder: the unsharded run's.
+    assert {read_job_record(path).listing for path in job["shards"]} == {record.listing}
+
+
+def test_merge_refuses_a_record_of_an_older_catdog_saying_to_relabel(job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    path = job_record_path(shards[1])
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k in (
+        "source", "model", "threshold", "shard", "recursive", "follow_links", "rows", "csv_sha256")}
+    path.write_text(json.dumps({**old, "version": 1}))
+    assert_refused(merge(tmp_path / "out.csv", *shards), f"{path} was written by an older catdog", f"relabel {shards[1]}")
+
+
+def test_merge_refuses_shards_that_listed_different_files_naming_the_shard(tiny_bundle, real_photos, tmp_path):
+    """Shard 0 labeled, then a file that hashes to shard 0 added, then shards 1 and 2: the new file is in no
+    shard, and a merge that said nothing would drop it."""
+    folder = tmp_path / "photos"
+    shutil.copytree(real_photos / "train" / "cats", folder)
+    out = tmp_path / "runs"
+    catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out / "labels-0.csv", "--shard", f"0/{N}")
+    name = next(f"new{i}.jpg" for i in range(1000) if shard_of(f"new{i}.jpg", N) == 0)
+    shutil.copy2(sorted(folder.iterdir())[0], folder / name)
+    for k in (1, 2):
+        catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out / f"labels-{k}.csv", "--shard", f"{k}/{N}")
+    shards = [out / f"labels-{k}.csv" for k in range(N)]
+    assert_refused(
+        merge(tmp_path / "merged.csv", *shards),
+        f"{shards[0]} (shard 0/{N}) was labeled from a different listing of {folder} than {shards[1]} (shard 1/{N})",
+        "added, removed or renamed",
+    )
+    assert not (tmp_path / "merged.csv").exists()
+
+
+NESTED = "[" * 60_000  # within the size limit (the 100,000 of the issue is refused for its size)
+
+
+@pytest.mark.parametrize("record", ["nested", "fifo", "huge"])
+def test_merge_refuses_a_broken_record_in_one_line_without_hanging(record, job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    path = job_record_path(shards[1])
+    path.unlink()
+    if record == "nested":
+        path.write_text(NESTED)
+        needle = "nested too deeply"
+    elif record == "fifo":
+        os.mkfifo(path)
+        needle = "not a regular file"
+    else:
+        path.write_text(" " * 10_000_000 + "{}")
+        needle = "larger than"
+    result = catdog("merge-labels", tmp_path / "out.csv", *shards, check=False, timeout=60)
+    assert_refused(result, f"invalid job record {path}: {needle}")
+
+
+def peak_rss_mib(script: str, *args: str) -> tuple[float, str]:
+    """Run `script` in a fresh interpreter; its peak RSS (VmHWM) in MiB and what it printed."""
+    script += "\nimport re; from pathlib import Path as _P; print(re.search(r'VmHWM:\\s+(\\d+) kB', _P('/proc/self/status').read_text()).group(1))"
+    result = run([sys.executable, "-c", script, *args], timeout=120)
+    *printed, peak = result.stdout.split("\n")[:-1]
+    return int(peak) / 1024, "\n".join(printed)
+
+
+READ_ONE = """
+import sys
+from pathlib import Path
+from catdog.errors import CatdogError
+from catdog.labeling.merge import MergeOptions, merge_labels
+try:
+    merge_labels(MergeOptions(Path(sys.argv[1]), tuple(Path(p) for p in sys.argv[2:])))
+except CatdogError as exc:
+    print(exc)
+"""
+
+
+def test_merge_of_a_csv_without_line_breaks_stays_in_bounded_memory(tmp_path):
+    """A shard CSV of 40 MB on one line (and /dev/zero) is refused as soon as its first row is too long."""
+    small = write_big_job(tmp_path / "small", 300)
+    baseline, _ = peak_rss_mib(READ_ONE, str(tmp_path / "small.csv"), *map(str, small))
+    shards = write_big_job(tmp_path / "job", 300)
+    with open(shards[1], "ab") as fh:
+        fh.write(b"x" * 40_000_000)
+    record = read_job_record(shards[1])
+    write_job_record(shards[1], dataclasses.replace(record, csv_sha256=hashlib.sha256(shards[1].read_bytes()).hexdigest()))
+    peak, said = peak_rss_mib(READ_ONE, str(tmp_path / "out.csv"), *map(str, shards))
+    assert f"{shards[1]}: line " in said and "longer than" in said, said
+    assert peak - baseline < 20, f"peak RSS {baseline:.0f} MiB for 300 rows, {peak:.0f} MiB for a 40 MB line"
+    zero = tmp_path / "zero" / "labels-1.csv"
+    zero.parent.mkdir()
+    zero.symlink_to("/dev/zero")
+    shutil.copy2(job_record_path(shards[1]), job_record_path(zero))
+    result = catdog("merge-labels", tmp_path / "z.csv", shards[0], zero, shards[2], check=False, timeout=60)
+    assert_refused(result, str(zero))
+
+
+MERGE_UNDER_LIMIT = """
+import resource, sys
+from pathlib import Path
+soft, hard = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+from catdog.labeling.merge import MergeOptions, merge_labels
+summary = merge_labels(MergeOptions(Path(sys.argv[3]), tuple(Path(p) for p in sys.argv[4:])))
+print(summary.rounds, summary.rows, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+@pytest.mark.parametrize("hard", [40, 4096])
+def test_merge_of_more_shards_than_open_files_allowed(hard, tmp_path):
+    """60 shards under a soft limit of 40 open files: the soft limit is raised to the hard one when it can be;
+    when it cannot (hard limit 40 too), the merge goes in rounds. The CSV is the same either way."""
+    shards = write_big_job(tmp_path / "job", 6_000, n=60)
+    out = tmp_path / "merged.csv"
+    result = run([sys.executable, "-c", MERGE_UNDER_LIMIT, "40", str(hard), str(out), *map(str, shards)], timeout=300)
+    rounds, rows, soft = map(int, result.stdout.split())
+    assert rows == 6_000 and soft == hard
+    assert rounds == (1 if hard > 100 else 2), result.stdout
+    with open_csv(out) as fh:
+        paths = [row[0] for row in csv.reader(fh)][1:]
+    assert paths == sorted(f"folder{i % 97:02d}/photo {i:08d}.jpg" for i in range(6_000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job", "merged.csv", "merged.csv.job.json"], "no round files left"
+
+
+def test_a_forged_record_cannot_write_terminal_escapes(tmp_path):
+    forged = "/data\x1b[2K\r\x1b[32mall rows verified\x1b[0m"
+    shards = write_big_job(tmp_path / "job", 300, source=forged)
+    done = merge(tmp_path / "out.csv", *shards, check=True)
+    assert "\x1b" not in done.stderr and "\r" not in done.stderr
+    assert "merged 3 shards of /data\\x1b[2K\\r\\x1b[32mall rows verified\\x1b[0m: 300 rows" in done.stderr
+    missing = merge(tmp_path / "out2.csv", shards[0], shards[2])
+    assert "\x1b" not in assert_refused(missing, "shard 1/3 of /data\\x1b[2K\\r")
+
+
+def test_merge_messages_name_the_real_problem(job, tmp_path):
+    shards = copy_shards(job, tmp_path / "shards")
+    (tmp_path / "file").write_text("")
+    assert_refused(merge(tmp_path / "file" / "out.csv", *shards), f"cannot write {tmp_path}/file/out.csv: {tmp_path}/file is not a folder")
+    (tmp_path / "folder.csv").mkdir()
+    assert_refused(merge(tmp_path / "out.csv", shards[0], tmp_path / "folder.csv", shards[2]), f"{tmp_path}/folder.csv is a folder, not a shard CSV")

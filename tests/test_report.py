@@ -203,14 +203,21 @@ def test_disagreements_with_the_threshold_are_counted(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("", "is empty, not a labels CSV"),
-        ("path,label\r\na.jpg,cat\r\n", "line 1: not a labels CSV: the header is 'path,label'"),
+        ("", "is empty: not a catdog labels CSV"),
+        ("path,label\r\na.jpg,cat\r\n", "line 1: not a catdog labels CSV: the header is 'path,label'"),
         (HEADER + "a.jpg,cat,0.1,,ok\r\n", "line 2: expected 6 fields, found 5"),
         (HEADER + "a.jpg,cat,0.1,,ok,\r\nb.jpg,cat,1.5,,ok,\r\n", "line 3: p_dog '1.5' is not a number from 0 to 1"),
         (HEADER + "a.jpg,cat,nan,,ok,\r\n", "line 2: p_dog 'nan' is not a number from 0 to 1"),
+        (HEADER + "a.jpg,cat,0.1,1.2,ok,\r\n", "line 2: pet_score '1.2' is not a number from 0 to 1"),
         (HEADER + "a.jpg,,0.1,,ok,\r\n", "line 2: a row with status ok has no label"),
         (HEADER + "a.jpg,cat,0.1,,skipped,\r\n", "line 2: status 'skipped' is neither ok nor error"),
-        (HEADER + "a.jpg,cat,0.1,,ok,\r\nb.jpg,dog,0.9,,ok,\r\nn.jpg,neither,0.9,0.01,ok,\r\nc.jpg,bird,0.5,,ok,\r\n", "line 5: a fourth label 'bird'"),
+        (HEADER + "a.jpg,cat,0.1,,ok,\r\nb.jpg,dog,0.9,,ok,\r\nc.jpg,bird,0.5,,ok,\r\n", "line 4: label 'bird' is not one of cat, dog, neither"),
+        (HEADER + "n.jpg,neither,0.9,,ok,\r\n", "line 2: a neither row has no pet_score"),
+        (HEADER + "a.jpg,cat,0.1,,ok,broken\r\n", "line 2: a row with status ok has an error"),
+        (HEADER + "a.jpg,cat,,,error,broken\r\n", "line 2: a row with status error has a label or a score"),
+        (HEADER + "a.jpg,,,0.5,error,broken\r\n", "line 2: a row with status error has a label or a score"),
+        (HEADER + "a.jpg,cat,0.1,,ok,\r\nb.jpg,cat,0.2,,ok,\r\nb.jpg,cat,0.2,,ok,\r\n", "line 4: 'b.jpg' repeats the path of line 3"),
+        (HEADER + "b.jpg,cat,0.1,,ok,\r\na.jpg,cat,0.2,,ok,\r\n", "line 3: 'a.jpg' sorts before line 2"),
         (HEADER + ',cat,0.1,,ok,\r\n', "line 2: empty path"),
     ],
 )
@@ -300,7 +307,7 @@ def test_threshold_comes_from_a_sharded_runs_job_record_while_it_describes_the_c
     photos, labels = small_run
     record = JobRecord(
         source=str(photos), model="sha256:" + "0" * 64, threshold=0.3, shard=(0, 2), recursive=True, rows=8,
-        csv_sha256=file_sha256(labels),
+        csv_sha256=file_sha256(labels), listing="0" * 32,
     )
     write_job_record(labels, record)
     write_report(labels, str(photos), tmp_path / "r.html", ReportOptions())

@@ -2,10 +2,13 @@
 
 Each shard CSV is already sorted by path, so the merge is a streaming k-way merge (`heapq.merge`): memory
 holds one row per shard, whatever the row count. Everything is checked on the way, against each shard's
-job record (`catdog.labeling.jobrecord`): same job (source, model, threshold, N, recursion), every shard 0..N-1
-exactly once, the catdog header, sorted rows, no path in two shards, each path in the shard its hash
-names, and each CSV's row count and sha256 as its run recorded them. The output is written to a temporary
-file and renamed onto OUT only when every check passed, with its own record `<OUT>.job.json` (shard 0/1).
+job record (`catdog.labeling.jobrecord`): same job (source and store, model, thresholds, N, recursion, links),
+the same listing of the whole source (a file added, removed or renamed between two shard runs names the
+shard), every shard 0..N-1 exactly once, the catdog header, every row as `report` checks it, sorted rows, no
+path in two shards, each path in the shard its hash names, and each CSV's row count and sha256 as its run
+recorded them. More shards than this process may open files are merged in rounds through temporary files.
+The output is written to a temporary file and renamed onto OUT only when every check passed, with its own
+record `<OUT>.job.json` (shard 0/1).
 """
 
 from __future__ import annotations
@@ -13,21 +16,24 @@ from __future__ import annotations
 import csv
 import dataclasses
 import heapq
-import io
 import os
-from collections.abc import Iterator
+import resource
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from catdog.errors import CatdogError
-from catdog.fsutil import HashingReader, atomic_path
-from catdog.labeling.jobrecord import JobRecord, file_sha256, job_record_path, read_job_record, write_job_record
+from catdog.fsutil import atomic_path
+from catdog.labeling.jobrecord import JobRecord, catdog_version, file_sha256, job_record_path, now_utc, read_job_record, write_job_record
 from catdog.labeling.labels import COLUMNS, csv_writer, open_csv
+from catdog.labeling.reading import LabelsReader, check_new_output
 from catdog.labeling.sources import shard_of
 
-STATUS = COLUMNS.index("status")
+_STATUS = COLUMNS.index("status")
+RESERVED_FILES = 16  # descriptors kept free for the output, its record, temporary files and the libraries
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class MergeSummary:
     shards: int
     ok: int
     error: int
+    rounds: int = 1  # merge passes: more than one when the shards outnumber the files this process may open
 
     @property
     def rows(self) -> int:
@@ -62,36 +69,55 @@ class _Shard:
         return f"{self.csv} (shard {k}/{n})"
 
 
-def _stream(shard: _Shard, index: int, raw: HashingReader) -> Iterator[tuple[str, int, list[str]]]:
-    """(sort key, shard index, row) for each data row, checking the header, the fields and the order."""
-    text = io.TextIOWrapper(io.BufferedReader(raw, 1 << 20), encoding="utf-8", errors="backslashreplace", newline="")
-    reader = csv.reader(text)
-    where = shard.csv
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise CatdogError(f"{where} is empty: not a catdog labels CSV")
-        if tuple(header) != COLUMNS:
-            raise CatdogError(f"{where} is not a catdog labels CSV: its header is {','.join(header)[:80]!r}, expected {','.join(COLUMNS)!r}")
-        last = None
-        for row in reader:
-            if len(row) != len(COLUMNS) or row[STATUS] not in ("ok", "error"):
-                raise CatdogError(
-                    f"{where}: line {reader.line_num} is not a labels row ({len(row)} fields): truncated or not a catdog labels CSV"
-                )
-            key = row[0]  # the path text: what the run sorted and sharded by
-            if last is not None and key <= last:
-                what = "repeats the path above it" if key == last else "is out of order"
-                raise CatdogError(f"{where}: line {reader.line_num} {what} ({row[0]!r}): not a catdog labels CSV")
-            last = key
+Item = tuple[str, int, list[str]]  # (sort key, shard index, the row's fields)
+
+
+def _stream(shard: _Shard, index: int) -> Iterator[Item]:
+    """The shard's rows, checked (see `LabelsReader`); at the end, the row count and sha256 its record states."""
+    with LabelsReader(shard.csv, "shard CSV") as reader:
+        if reader.legacy:
+            raise CatdogError(f"{shard.csv} was written by an older catdog (five columns, no pet_score): relabel it with this catdog")
+        for fields in reader.fields():
             shard.rows += 1
-            yield key, index, row
-    except csv.Error as exc:
-        raise CatdogError(f"{where}: line {reader.line_num}: {exc}: not a catdog labels CSV") from None
+            yield fields[0], index, fields
+        _check_content(shard, reader.sha256)
+
+
+def _check_content(shard: _Shard, sha256: str) -> None:
+    record, where = shard.record, job_record_path(shard.csv)
+    if shard.rows != record.rows:
+        raise CatdogError(
+            f"{shard.csv} has {shard.rows} rows but its job record {where.name} says {record.rows}: truncated or changed since its run"
+        )
+    if sha256 != record.csv_sha256:
+        raise CatdogError(f"{shard.csv} differs from the CSV its run wrote (sha256 in {where.name}): changed since its run")
+
+
+def _in_its_shard(item: Item, shards: list[_Shard], n: int) -> Item:
+    key, index, fields = item
+    k = shards[index].record.shard[0]
+    belongs = shard_of(key, n)
+    if belongs != k:
+        raise CatdogError(f"{shards[index].csv}: path {fields[0]!r} belongs to shard {belongs}/{n}, not {k}/{n}")
+    return item
+
+
+def _checked_merge(streams: Iterable[Iterator[Item]], shards: list[_Shard], n: int) -> Iterator[Item]:
+    """The sorted union of sorted streams, refusing a path that comes from two shards (checked first, as the
+    clearer message) or from a shard its hash does not name."""
+    held: Item | None = None
+    for item in heapq.merge(*streams):
+        if held is not None:
+            if item[0] == held[0]:
+                raise CatdogError(f"path {item[2][0]!r} is in two shards: {shards[held[1]].label} and {shards[item[1]].label}")
+            yield _in_its_shard(held, shards, n)
+        held = item
+    if held is not None:
+        yield _in_its_shard(held, shards, n)
 
 
 def _check_job(shards: list[_Shard]) -> int:
-    """The shards' common N, after checking they are one job's shards 0..N-1, each once."""
+    """The shards' common N, after checking they are one job's shards 0..N-1, each once, of one listing."""
     first = shards[0]
     for shard in shards[1:]:
         for name, value in shard.record.job().items():
@@ -99,7 +125,7 @@ def _check_job(shards: list[_Shard]) -> int:
             if value != expected:
                 raise CatdogError(
                     f"{shard.csv} is from a different job than {first.csv}: {name} {value!r} vs {expected!r} "
-                    f"(see {job_record_path(shard.csv).name} beside each)"
+                    f"(see {job_record_path(shard.csv)} and {job_record_path(first.csv)})"
                 )
     n = first.record.shard[1]
     by_index: dict[int, _Shard] = {}
@@ -112,7 +138,48 @@ def _check_job(shards: list[_Shard]) -> int:
     if missing:
         names = ", ".join(f"{k}/{n}" for k in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise CatdogError(f"shard {names} of {first.record.source} missing: pass all {n} shard CSVs of the job")
+    # The listing most shards saw (ties: the lowest shard's) is the job's; the first shard that saw another is named.
+    ordered = [by_index[k] for k in range(n)]
+    counts = Counter(s.record.listing for s in ordered)
+    common = max(ordered, key=lambda s: counts[s.record.listing])
+    for shard in ordered:
+        if shard.record.listing != common.record.listing:
+            raise CatdogError(
+                f"{shard.label} was labeled from a different listing of {first.record.source} than {common.label}: "
+                "files were added, removed or renamed between the shard runs; relabel the shards made before the change"
+            )
     return n
+
+
+def open_files_budget() -> int:
+    """How many more files this process may open: the soft RLIMIT_NOFILE is first raised to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 32
+    return (soft if soft != resource.RLIM_INFINITY else 1 << 16) - in_use - RESERVED_FILES
+
+
+def _spill(items: Iterator[Item], path: Path) -> None:
+    """A round's merged rows, each with its shard index, to a temporary file of this merge."""
+    with open_csv(path, "w") as fh:
+        writer = csv_writer(fh)
+        for key, index, fields in items:
+            writer.writerow((index, *fields))
+
+
+def _unspill(path: Path) -> Iterator[Item]:
+    with open_csv(path) as fh:
+        for index, *fields in csv.reader(fh):
+            yield fields[0], int(index), fields
 
 
 def merge_labels(options: MergeOptions) -> MergeSummary:
@@ -120,13 +187,12 @@ def merge_labels(options: MergeOptions) -> MergeSummary:
     out = options.out
     if not options.shards:
         raise CatdogError("no shard CSVs given")
-    if out.is_dir():
-        raise CatdogError(f"{out} is a folder; give a CSV file path")
-    if out.exists() and not options.overwrite:
-        raise CatdogError(f"{out} already exists; pass --overwrite to replace it")
+    check_new_output(out, options.overwrite, "a CSV")
     seen: dict[str, Path] = {}
     for path in options.shards:
-        if not path.is_file():
+        if path.is_dir():
+            raise CatdogError(f"{path} is a folder, not a shard CSV")
+        if not path.exists():
             raise CatdogError(f"shard CSV not found: {path}")
         real = os.path.realpath(path)
         if real in seen:
@@ -136,48 +202,42 @@ def merge_labels(options: MergeOptions) -> MergeSummary:
         raise CatdogError(f"{out} is one of the shard CSVs; write the merged CSV to a new file")
     shards = [_Shard(path, read_job_record(path)) for path in options.shards]
     n = _check_job(shards)
+    width = max(2, open_files_budget())
     ok = error = 0
+    rounds = 1
     with ExitStack() as stack:
-        readers = [HashingReader(stack.enter_context(open(shard.csv, "rb"))) for shard in shards]
-        merged = heapq.merge(*(_stream(shard, i, raw) for i, (shard, raw) in enumerate(zip(shards, readers))))
+        # Rounds: while the inputs outnumber the files we may hold open, merge groups of them into temporary files.
+        inputs: list[Iterator[Item]] = [_stream(shard, i) for i, shard in enumerate(shards)]
+        if len(inputs) > width:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        while len(inputs) > width:
+            rounds += 1
+            merged_inputs = []
+            for start in range(0, len(inputs), width - 1):
+                group = inputs[start:start + width - 1]
+                if len(group) == 1:
+                    merged_inputs.append(group[0])
+                    continue
+                fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".merge.tmp", dir=out.parent)
+                os.close(fd)
+                stack.callback(os.unlink, name)
+                _spill(_checked_merge(group, shards, n), Path(name))
+                merged_inputs.append(_unspill(Path(name)))
+            inputs = merged_inputs
         tmp = stack.enter_context(atomic_path(out))
         with open_csv(tmp, "w") as fh:
             writer = csv_writer(fh)
             writer.writerow(COLUMNS)
-            held = None  # written once the next row shows it is not in two shards
-            for item in merged:
-                if held is not None:
-                    if item[0] == held[0]:
-                        raise CatdogError(
-                            f"path {item[2][0]!r} is in two shards: {shards[held[1]].label} and {shards[item[1]].label}"
-                        )
-                    ok, error = _write(writer, held, shards, n, ok, error)
-                held = item
-            if held is not None:
-                ok, error = _write(writer, held, shards, n, ok, error)
-        for shard, raw in zip(shards, readers):
-            _check_content(shard, raw.sha256.hexdigest())
+            for _, _, fields in _checked_merge(inputs, shards, n):
+                writer.writerow(fields)
+                if fields[_STATUS] == "ok":
+                    ok += 1
+                else:
+                    error += 1
         # The merged CSV's own record, as for one run of shard 0/1, before the CSV appears (as a run does).
-        merged_record = dataclasses.replace(shards[0].record, shard=(0, 1), rows=ok + error, csv_sha256=file_sha256(tmp))
-        write_job_record(out, merged_record)
-    return MergeSummary(out, shards[0].record.source, n, ok, error)
-
-
-def _write(writer, item: tuple[str, int, list[str]], shards: list[_Shard], n: int, ok: int, error: int) -> tuple[int, int]:
-    key, index, row = item
-    k = shards[index].record.shard[0]
-    belongs = shard_of(key, n)
-    if belongs != k:
-        raise CatdogError(f"{shards[index].csv}: path {row[0]!r} belongs to shard {belongs}/{n}, not {k}/{n}")
-    writer.writerow(row)
-    return (ok + 1, error) if row[STATUS] == "ok" else (ok, error + 1)
-
-
-def _check_content(shard: _Shard, sha256: str) -> None:
-    record, where = shard.record, job_record_path(shard.csv)
-    if shard.rows != record.rows:
-        raise CatdogError(
-            f"{shard.csv} has {shard.rows} rows but its job record {where.name} says {record.rows}: truncated or changed since its run"
+        merged_record = dataclasses.replace(
+            shards[0].record, shard=(0, 1), rows=ok + error, csv_sha256=file_sha256(tmp), written=now_utc(),
+            catdog_version=catdog_version(),
         )
-    if sha256 != record.csv_sha256:
-        raise CatdogError(f"{shard.csv} differs from the CSV its run wrote (sha256 in {where.name}): changed since its run")
+        write_job_record(out, merged_record)
+    return MergeSummary(out, shards[0].record.source, n, ok, error, rounds)

@@ -73,12 +73,15 @@ def _model_digest(options: PredictOptions) -> str:
     return model_digest(model_file, model_file.parent / "meta.json")
 
 
-def _listing(source: Source, options: PredictOptions) -> Listing:
+def _listing(source: Source, options: PredictOptions) -> tuple[Listing, str]:
+    """This run's files (its shard's) and the digest of the whole source's listing (the job record's `listing`:
+    shards of one job must have seen the same files)."""
     listing = source.list(options.recursive, options.follow_links, skip=own_files(options.out))
+    whole = files_digest(listing.paths)
     k, n = options.shard
     if n > 1:
         listing = listing.only([rel for rel in listing.paths if shard_of(rel, n) == k])
-    return listing
+    return listing, whole
 
 
 def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summary:
@@ -101,7 +104,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
     out = options.out
     with run_lock(out):
         check_output(out, options.resume, options.overwrite)
-        listing = _listing(source, options)
+        listing, whole = _listing(source, options)
         files = files_digest(listing.paths)
         model = _model_digest(options)
         key = {
@@ -121,7 +124,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
             for batch in _engine(source, listing, predictor, options):
                 labels.write(batch)
                 advance(len(batch))
-            labels.finish(_job_recorder(source, options, decision.threshold, model, labels))
+            labels.finish(_job_recorder(source, options, decision, predictor.meta, model, labels, whole))
     return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(listing),
                    None if decision.pet_threshold is None else labels.counts.neither)
 
@@ -150,16 +153,19 @@ def _engine(source: Source, listing: Listing, predictor: Predictor, options: Pre
     return score_local(source, listing, predictor, options.batch_size, options.workers, options.max_pixels)
 
 
-def _job_recorder(source: Source, options: PredictOptions, threshold: float, model: str, labels: LabelsCSV):
-    """For a sharded run: write `<out>.job.json` (what `merge-labels` checks) before the CSV appears."""
-    if options.shard[1] == 1:
-        return None
+def _job_recorder(source: Source, options: PredictOptions, decision: Decision, meta: ModelMeta, model: str,
+                  labels: LabelsCSV, listing: str):
+    """Write `<out>.job.json` (what made the CSV; what `merge-labels`, `report` and `--update` read) before the
+    CSV appears, for every run. Its pet_threshold is the run's even with `neither` off (then `neither` is false)."""
+    pet_threshold = decision.pet_threshold if options.neither else (
+        meta.pet_threshold if options.pet_threshold is None else options.pet_threshold)
 
     def record(partial: Path) -> None:
         write_job_record(options.out, JobRecord(
-            source=source.describe(), model=model,
-            threshold=threshold, shard=options.shard, recursive=options.recursive, follow_links=options.follow_links,
-            rows=labels.ok + labels.error, csv_sha256=file_sha256(partial),
+            source=source.describe(), endpoint=source.endpoint(), model=model, threshold=decision.threshold,
+            pet_threshold=pet_threshold, neither=options.neither, shard=options.shard, recursive=options.recursive,
+            follow_links=options.follow_links, rows=labels.ok + labels.error, csv_sha256=file_sha256(partial),
+            listing=listing,
         ))
 
     return record

@@ -9,7 +9,6 @@ from the network. Memory does not grow with the CSV, and only the images shown a
 from __future__ import annotations
 
 import base64
-import csv
 import heapq
 import html
 import io
@@ -20,18 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catdog.cpus import usable_cpus
-from catdog.errors import CatdogError
-from catdog.fsutil import HashingReader, write_text
+from catdog.errors import CatdogError, printable
+from catdog.fsutil import write_text
 from catdog.images import DEFAULT_MAX_PIXELS, ImageError, describe_error, load_thumbnail
-from catdog.labeling.jobrecord import file_sha256, job_record_path, read_job_record
-from catdog.labeling.labels import COLUMNS
+from catdog.labeling.jobrecord import JobRecord, job_record_path, read_job_record
+from catdog.labeling.reading import NEITHER, LabelsReader, check_new_output
 from catdog.labeling.runtime import ModelMeta
 from catdog.labeling.sources import LocalSource, Source, open_source
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_IMAGES = 240  # thumbnails on the page: 2/5 the most uncertain, the rest a sample split between the labels
 MAX_IMAGES = 1000
-MAX_LABELS = 3  # cat, dog and neither; more labels means it is not a catdog labels CSV
 HISTOGRAM_BINS = 20
 ERROR_PATHS = 20  # paths listed under each error reason
 MAX_REASONS = 100  # distinct error reasons listed; errors with any further reason are counted together
@@ -60,6 +58,8 @@ class Selection:
     n_sample: int  # per label
     seed: int = 0
     positive: str | None = None  # the label for p_dog >= threshold, when known (from the model)
+    pet_threshold: float | None = None  # pet_score below which a row is `neither`, when known (record or model)
+    n_pet: int = 0  # rows with pet_score nearest pet_threshold
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class Row:
     path: str
     label: str
     p_dog: float
+    pet_score: float | None = None
 
 
 @dataclass
@@ -89,12 +90,16 @@ class LabelSummary:
     rows: int = 0
     statuses: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
     labels: dict[str, LabelStats] = field(default_factory=dict)
-    histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
-    uncertain: list[Row] = field(default_factory=list)  # nearest the threshold first
+    histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)  # p_dog of the cat and dog rows
+    pet_histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)  # pet_score of every ok row with one
+    uncertain: list[Row] = field(default_factory=list)  # cat and dog rows, p_dog nearest the threshold first
+    pet_nearest: list[Row] = field(default_factory=list)  # pet_score nearest the pet threshold first
     samples: dict[str, list[Row]] = field(default_factory=dict)  # per label, sorted by path
     reasons: dict[str, ReasonStats] = field(default_factory=dict)
     other_errors: int = 0  # errors whose reason came after MAX_REASONS others
-    disagreements: int | None = None  # ok rows labelled against the threshold (None: positive label unknown)
+    disagreements: int | None = None  # ok rows labelled against the thresholds (None: positive label unknown)
+    pet_scores: int = 0  # ok rows with a pet_score
+    legacy: bool = False  # a CSV from before `neither` (five columns, no pet_score)
     sha256: str = ""
 
 
@@ -111,7 +116,7 @@ class _Candidate:
 
 
 class _Nearest:
-    """The k rows with p_dog nearest the threshold; ties go to the smaller path, so the choice is stable.
+    """The k rows whose score is nearest the threshold; ties go to the smaller path, so the choice is stable.
 
     `bound` is the distance a row must not exceed to be considered, so most rows cost one comparison."""
 
@@ -120,13 +125,13 @@ class _Nearest:
         self.heap: list[_Candidate] = []
         self.bound = math.inf if k > 0 else -math.inf
 
-    def add(self, path: str, label: str, p: float) -> None:
-        # Rounded: p_dog has 6 decimals, and 0.45 and 0.55 must be equally near 0.5 (in floats they are not).
-        key = (round(abs(p - self.threshold), 9), path)
+    def add(self, score: float, row: Row) -> None:
+        # Rounded: scores have 6 decimals, and 0.45 and 0.55 must be equally near 0.5 (in floats they are not).
+        key = (round(abs(score - self.threshold), 9), row.path)
         if len(self.heap) < self.k:
-            heapq.heappush(self.heap, _Candidate(key, Row(path, label, p)))
+            heapq.heappush(self.heap, _Candidate(key, row))
         elif key < self.heap[0].key:
-            heapq.heapreplace(self.heap, _Candidate(key, Row(path, label, p)))
+            heapq.heapreplace(self.heap, _Candidate(key, row))
         else:
             return
         if len(self.heap) == self.k:
@@ -152,107 +157,88 @@ class _Reservoir:
         self.w *= math.exp(math.log(1.0 - self.rng.random()) / self.k)
         self.next += int(math.log(1.0 - self.rng.random()) / math.log1p(-self.w)) if self.w < 1.0 else 0
 
-    def add(self, path: str, label: str, p: float) -> None:
+    def add(self, row: Row) -> None:
         if len(self.rows) < self.k:
-            self.rows.append(Row(path, label, p))
+            self.rows.append(row)
         elif self.seen == self.next and self.k:
-            self.rows[self.rng.randrange(self.k)] = Row(path, label, p)
+            self.rows[self.rng.randrange(self.k)] = row
             self.next += 1
             self._skip()
         self.seen += 1
 
 
-def summarize_labels(csv_path: Path, selection: Selection) -> LabelSummary:
-    """One streaming pass over a labels CSV (path,label,p_dog,status,error) into a bounded summary.
+def _bin(value: float) -> int:
+    b = int(value * HISTOGRAM_BINS)
+    return b if b < HISTOGRAM_BINS else HISTOGRAM_BINS - 1
 
-    Raises `CatdogError` naming the file and line when it is not a labels CSV.
+
+def summarize_labels(csv_path: Path, selection: Selection) -> LabelSummary:
+    """One streaming pass over a labels CSV (path,label,p_dog,pet_score,status,error, or the five columns of a
+    CSV from before pet_score) into a bounded summary.
+
+    Every row is checked as `merge-labels` checks it (`catdog.labeling.reading`); raises `CatdogError` naming the
+    file and line when it is not a labels CSV, or holds a path twice or out of order.
     """
     summary = LabelSummary()
     nearest = _Nearest(selection.n_uncertain, selection.threshold)
+    pet_threshold = selection.pet_threshold
+    pet_nearest = _Nearest(selection.n_pet if pet_threshold is not None else 0, pet_threshold or 0.0)
     reservoirs: dict[str, _Reservoir] = {}
     t, positive = selection.threshold, selection.positive
     disagreements = 0
-    histogram = summary.histogram
-    try:
-        raw = open(csv_path, "rb")
-    except FileNotFoundError:
-        raise CatdogError(f"labels CSV not found: {csv_path}") from None
-    except IsADirectoryError:
-        raise CatdogError(f"{csv_path} is a folder; give the labels CSV") from None
-    with raw, io.TextIOWrapper(
-        io.BufferedReader(hashing := HashingReader(raw)), encoding="utf-8-sig", errors="backslashreplace", newline=""
-    ) as fh:
-        reader = csv.reader(fh)
-
-        def bad(what: str) -> CatdogError:
-            return CatdogError(f"{csv_path}: line {reader.line_num}: {what}")
-
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise CatdogError(f"{csv_path} is empty, not a labels CSV ({','.join(COLUMNS)})")
-            if tuple(header) != COLUMNS:
-                raise bad(f"not a labels CSV: the header is {','.join(header)!r}, expected {','.join(COLUMNS)!r}")
-            for record in reader:
-                try:
-                    path, label, p_text, _pet_text, status, error = record
-                except ValueError:
-                    raise bad(f"expected {len(COLUMNS)} fields, found {len(record)}") from None
-                if not path:
-                    raise bad("empty path")
-                summary.rows += 1
-                if status == "ok":
-                    try:
-                        p = float(p_text)
-                    except ValueError:
-                        p = math.nan
-                    if not 0.0 <= p <= 1.0:
-                        raise bad(f"p_dog {p_text!r} is not a number from 0 to 1")
-                    if not label:
-                        raise bad("a row with status ok has no label")
-                    stats = summary.labels.get(label)
-                    if stats is None:
-                        if len(summary.labels) == MAX_LABELS:
-                            raise bad(f"a fourth label {label!r} (after {', '.join(map(repr, summary.labels))}): not a two-class labels CSV")
-                        stats = summary.labels[label] = LabelStats()
-                        reservoirs[label] = _Reservoir(selection.n_sample, selection.seed, label)
-                    # The hot path, per row: no object is made for a row that is not kept.
-                    stats.count += 1
-                    if p < stats.p_min:
-                        stats.p_min = p
-                    if p > stats.p_max:
-                        stats.p_max = p
-                    b = int(p * HISTOGRAM_BINS)
-                    histogram[b if b < HISTOGRAM_BINS else HISTOGRAM_BINS - 1] += 1
-                    if abs(p - t) <= nearest.bound:
-                        nearest.add(path, label, p)
-                    sample = reservoirs[label]
-                    if sample.seen < sample.k or sample.seen == sample.next:
-                        sample.add(path, label, p)
-                    else:
-                        sample.seen += 1
-                    if positive is not None and (p >= t) != (label == positive):
-                        disagreements += 1
-                elif status == "error":
-                    reason = " ".join(error.split())[:REASON_CHARS] or "(no reason given)"
-                    stats = summary.reasons.get(reason)
-                    if stats is None and len(summary.reasons) < MAX_REASONS:
-                        stats = summary.reasons[reason] = ReasonStats()
-                    if stats is None:
-                        summary.other_errors += 1
-                    else:
-                        stats.count += 1
-                        if len(stats.paths) < ERROR_PATHS:
-                            stats.paths.append(path)
+    histogram, pet_histogram = summary.histogram, summary.pet_histogram
+    with LabelsReader(csv_path) as reader:
+        summary.legacy = reader.legacy
+        for path, label, p, pet, status, error in reader.rows():
+            summary.rows += 1
+            summary.statuses[status] += 1
+            if status == "ok":
+                stats = summary.labels.get(label)
+                if stats is None:
+                    stats = summary.labels[label] = LabelStats()
+                    reservoirs[label] = _Reservoir(selection.n_sample, selection.seed, label)
+                # The hot path, per row: no object is made for a row that is not kept.
+                stats.count += 1
+                if p < stats.p_min:
+                    stats.p_min = p
+                if p > stats.p_max:
+                    stats.p_max = p
+                neither = label == NEITHER
+                if not neither:
+                    histogram[_bin(p)] += 1
+                if pet is not None:
+                    summary.pet_scores += 1
+                    pet_histogram[_bin(pet)] += 1
+                    if pet_threshold is not None and abs(pet - pet_threshold) <= pet_nearest.bound:
+                        pet_nearest.add(pet, Row(path, label, p, pet))
+                if not neither and abs(p - t) <= nearest.bound:
+                    nearest.add(p, Row(path, label, p, pet))
+                sample = reservoirs[label]
+                if sample.seen < sample.k or sample.seen == sample.next:
+                    sample.add(Row(path, label, p, pet))
                 else:
-                    raise bad(f"status {status!r} is neither ok nor error")
-                summary.statuses[status] += 1
-        except csv.Error as exc:
-            raise bad(f"malformed CSV: {exc}") from None
+                    sample.seen += 1
+                if positive is not None:
+                    if pet_threshold is not None and pet is not None and (pet < pet_threshold) != neither:
+                        disagreements += 1
+                    elif not neither and (p >= t) != (label == positive):
+                        disagreements += 1
+            else:
+                reason = " ".join(error.split())[:REASON_CHARS] or "(no reason given)"
+                stats = summary.reasons.get(reason)
+                if stats is None and len(summary.reasons) < MAX_REASONS:
+                    stats = summary.reasons[reason] = ReasonStats()
+                if stats is None:
+                    summary.other_errors += 1
+                else:
+                    stats.count += 1
+                    if len(stats.paths) < ERROR_PATHS:
+                        stats.paths.append(path)
+        summary.sha256 = reader.sha256
     summary.uncertain = nearest.rows()
+    summary.pet_nearest = pet_nearest.rows()
     summary.samples = {label: sorted(r.rows, key=lambda row: row.path) for label, r in sorted(reservoirs.items())}
     summary.disagreements = disagreements if positive is not None else None
-    summary.sha256 = hashing.sha256.hexdigest()
     return summary
 
 
@@ -287,16 +273,20 @@ def thumbnail(source: Source, rel: str, side: int = THUMB_SIDE, max_pixels: int 
     return Thumbnail(uri, image.width, image.height)
 
 
-def histogram_svg(counts: list[int], threshold: float, width: int = 640, height: int = 220) -> str:
-    """Bars of `counts` over equal bins of 0-1 on a log scale (the middle bins are small), the threshold marked."""
-    left, right, top, bottom = 56, 12, 22, 36
+def histogram_svg(counts: list[int], threshold: float | None, width: int = 640, height: int = 232, score: str = "p_dog",
+                  mark: str = "threshold") -> str:
+    """Bars of `counts` over equal bins of 0-1 on a log scale (the middle bins are small), the threshold marked
+    (when known).
+
+    The threshold's label sits in a band of its own above the bars' counts, so it never covers one."""
+    left, right, top, bottom, band = 56, 12, 34, 36, 16
     plot_w, plot_h = width - left - right, height - top - bottom
     n = len(counts)
     peak = math.log10(1 + max(counts, default=0)) or 1.0
     bar_w = plot_w / n
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-label="Histogram of p_dog, log scale, threshold {threshold:.3f}">',
+        f'role="img" aria-label="Histogram of {score}, log scale' + (f', {mark} {threshold:.3f}">' if threshold is not None else '">'),
         f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#444"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#444"/>',
     ]
@@ -310,39 +300,39 @@ def histogram_svg(counts: list[int], threshold: float, width: int = 640, height:
         x = left + i * bar_w
         parts.append(
             f'<rect x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" fill="#5b8db8">'
-            f"<title>p_dog {lo:.2f}-{hi:.2f}: {count:,} images</title></rect>"
+            f"<title>{score} {lo:.2f}-{hi:.2f}: {count:,} images</title></rect>"
         )
         if count:
             parts.append(
-                f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h - h - 3:.1f}" text-anchor="middle" font-size="9">{count:,}</text>'
+                f'<text class="count" x="{x + bar_w / 2:.1f}" y="{top + plot_h - h - 3:.1f}" text-anchor="middle" font-size="9">{count:,}</text>'
             )
     for tick in range(0, 11, 2):
         x = left + plot_w * tick / 10
         parts.append(f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" stroke="#444"/>')
         parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" font-size="11">{tick / 10:.1f}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" font-size="11">p_dog</text>')
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" font-size="11">{score}</text>')
     parts.append(
         f'<text x="12" y="{top + plot_h / 2:.1f}" text-anchor="middle" font-size="11" '
         f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">images (log scale)</text>'
     )
+    if threshold is None:
+        parts.append("</svg>")
+        return "\n".join(parts)
     tx = left + plot_w * threshold
-    parts.append(f'<line x1="{tx:.1f}" y1="{top - 6}" x2="{tx:.1f}" y2="{top + plot_h}" stroke="#c0392b" stroke-width="2" stroke-dasharray="5,3"/>')
+    parts.append(f'<line x1="{tx:.1f}" y1="{band - 2}" x2="{tx:.1f}" y2="{top + plot_h}" stroke="#c0392b" stroke-width="2" stroke-dasharray="5,3"/>')
     anchor = "end" if threshold > 0.8 else "start"
     parts.append(
-        f'<text x="{tx + (-4 if anchor == "end" else 4):.1f}" y="{top - 6}" text-anchor="{anchor}" font-size="11" '
-        f'fill="#c0392b">threshold {threshold:.3f}</text>'
+        f'<text class="mark" x="{tx + (-4 if anchor == "end" else 4):.1f}" y="{band - 4}" text-anchor="{anchor}" font-size="11" '
+        f'fill="#c0392b">{mark} {threshold:.3f}</text>'
     )
     parts.append("</svg>")
     return "\n".join(parts)
 
 
 def _text(value: object) -> str:
-    """Any text as HTML: markup escaped, and characters that are invisible or move text (newlines, tabs,
-    bidirectional overrides, zero-width ones) shown as their \\n or \\u202e escapes."""
-    s = str(value)
-    if not s.isprintable():
-        s = "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in s)
-    return html.escape(s, quote=True)
+    """Any text as HTML: markup escaped, and characters that are invisible or move text shown as their escapes
+    (`catdog.errors.printable`, the rule every message follows)."""
+    return html.escape(printable(value), quote=True)
 
 
 @dataclass(frozen=True)
@@ -357,6 +347,9 @@ class Provenance:
     threshold_from: str
     seed: int
     max_images: int
+    pet_threshold: float | None = None
+    pet_threshold_from: str = ""
+    record: str | None = None  # what the job record beside the CSV says made it, when it describes the CSV
 
 
 STYLE = """
@@ -384,6 +377,8 @@ def _figure(row: Row, thumb: Thumbnail) -> str:
         picture = f'<div class="missing" role="img" aria-label="{path}: {_text(thumb.problem)}">{_text(thumb.problem)}</div>'
     return (
         f'<figure>{picture}<figcaption><span class="p">{_text(row.label)} {row.p_dog:.4f}</span>'
+        + (f' <span class="pet">pet {row.pet_score:.4f}</span>' if row.pet_score is not None else "")
+        +
         f'<div class="path">{path}</div></figcaption></figure>'
     )
 
@@ -399,9 +394,14 @@ def _count_cell(n: int) -> str:
 
 
 def render_report(summary: LabelSummary, thumbs: dict[str, Thumbnail], info: Provenance) -> str:
-    """The page: provenance, counts, histogram, uncertain images, samples per label, errors by reason."""
+    """The page: provenance, counts, histograms, uncertain images, pets nearest the pet threshold, samples per
+    label (`neither` its own grid), errors by reason."""
     ok = summary.statuses["ok"]
     e = _text
+    pet_line = (
+        f'{info.pet_threshold:.4f} <span class="note">({e(info.pet_threshold_from)})</span>' if info.pet_threshold is not None
+        else f'<span class="note">{e(info.pet_threshold_from)}</span>'
+    )
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -415,14 +415,21 @@ def render_report(summary: LabelSummary, thumbs: dict[str, Thumbnail], info: Pro
         f"<dt>labels CSV</dt><dd><code>{e(info.csv)}</code> (sha256 <code>{summary.sha256}</code>)</dd>",
         f"<dt>images</dt><dd><code>{e(info.images)}</code></dd>",
         f"<dt>model</dt><dd>{f'<code>{e(info.model)}</code> ({e(info.model_name)})' if info.model else 'not given'}</dd>",
+        *([f'<dt>made by</dt><dd id="record">{e(info.record)}</dd>'] if info.record else []),
         f'<dt>threshold</dt><dd id="threshold">{info.threshold:.4f} <span class="note">({e(info.threshold_from)})</span></dd>',
+        f'<dt>pet threshold</dt><dd id="pet-threshold">{pet_line}</dd>',
         f"<dt>selection</dt><dd>seed {info.seed}, at most {info.max_images} images shown; thumbnails are of the files as they are now</dd>",
         "</dl></section>",
     ]
+    if summary.legacy:
+        out.append(
+            '<p class="note" id="legacy">This CSV was written before catdog could label an image <code>neither</code> '
+            "(five columns, no pet_score): every decoded image is a cat or a dog. Relabel it to get pet scores.</p>"
+        )
     if summary.disagreements:
         out.append(
-            f'<p class="warn" id="disagreements">{summary.disagreements:,} labels disagree with this threshold: '
-            "the CSV was made with another threshold or model.</p>"
+            f'<p class="warn" id="disagreements">{summary.disagreements:,} labels disagree with these thresholds: '
+            "the CSV was made with other thresholds or another model.</p>"
         )
 
     out.append('<section id="counts"><h2>Counts</h2><div class="tables"><table><thead><tr><th>status</th><th class="n">rows</th></tr></thead><tbody>')
@@ -438,17 +445,41 @@ def render_report(summary: LabelSummary, thumbs: dict[str, Thumbnail], info: Pro
             f'<tr data-label="{e(label)}"><td>{e(label)}</td>{_count_cell(stats.count)}<td class="n">{share}</td>'
             f"<td>{stats.p_min:.4f} - {stats.p_max:.4f}</td></tr>"
         )
-    out.append("</tbody></table></div></section>")
-
-    out.append('<section id="histogram"><h2>p_dog</h2>')
-    out.append(histogram_svg(summary.histogram, info.threshold) if ok else '<p class="note">No ok rows.</p>')
+    out.append("</tbody></table></div>")
+    if not summary.legacy:
+        out.append(
+            '<p class="note"><code>neither</code>: the model found the image to be neither a cat nor a dog (its pet_score '
+            "is below the pet threshold); its p_dog says nothing.</p>"
+        )
     out.append("</section>")
 
+    cat_dog = sum(s.count for label, s in summary.labels.items() if label != NEITHER)
+    out.append('<section id="histogram"><h2>p_dog</h2><p class="note">Cat and dog rows.</p>')
+    out.append(histogram_svg(summary.histogram, info.threshold) if cat_dog else '<p class="note">No cat or dog rows.</p>')
+    out.append("</section>")
+    if summary.pet_scores:
+        out.append('<section id="pet-histogram"><h2>pet_score</h2><p class="note">Every ok row with a pet score; '
+                   "1 looks most like the cats and dogs the model learned.</p>")
+        out.append(histogram_svg(summary.pet_histogram, info.pet_threshold, score="pet_score", mark="pet threshold"))
+        out.append("</section>")
+
     out.append(
-        f'<section id="uncertain"><h2>Most uncertain</h2><p class="note">The {len(summary.uncertain)} images with p_dog '
+        f'<section id="uncertain"><h2>Most uncertain</h2><p class="note">The {len(summary.uncertain)} cat and dog images with p_dog '
         "nearest the threshold, nearest first.</p>"
     )
     out.append(_grid(summary.uncertain, thumbs) + "</section>")
+
+    if summary.pet_scores:
+        out.append('<section id="pet-nearest"><h2>Nearest the pet threshold</h2>')
+        if info.pet_threshold is None:
+            out.append('<p class="note">The pet threshold is unknown: pass <code>--model</code> (or keep the job record beside the CSV).</p>')
+        else:
+            out.append(
+                f'<p class="note">The {len(summary.pet_nearest)} images with pet_score nearest {info.pet_threshold:.4f}, '
+                "nearest first: below it an image is labeled neither.</p>"
+            )
+            out.append(_grid(summary.pet_nearest, thumbs))
+        out.append("</section>")
 
     out.append('<section id="sample"><h2>Random sample per label</h2>')
     for label, rows in summary.samples.items():
@@ -486,6 +517,7 @@ class ReportResult:
     error: int
     shown: int
     unreadable: int  # images chosen to show that are gone or cannot be decoded now
+    neither: int = 0
 
 
 def _model_meta(model: Path) -> ModelMeta:
@@ -494,62 +526,95 @@ def _model_meta(model: Path) -> ModelMeta:
     return ModelMeta.read((model if model.is_dir() else model.parent) / "meta.json")
 
 
-def _recorded_threshold(labels_csv: Path) -> float | None:
-    """The threshold a sharded run recorded beside its CSV (`<csv>.job.json`), when that record is readable and
-    still describes the CSV (same sha256); None otherwise. A stale or broken record is no reason to fail a report."""
-    if not job_record_path(labels_csv).is_file():
-        return None
+def _usable_record(labels_csv: Path) -> JobRecord | None:
+    """The record beside the CSV (`<csv>.job.json`) when it can be read; None otherwise: a broken, foreign or
+    older record is no reason to fail a report (whether it still describes the CSV is checked after the pass)."""
     try:
-        record = read_job_record(labels_csv)
-        return record.threshold if record.csv_sha256 == file_sha256(labels_csv) else None
+        return read_job_record(labels_csv)
     except (CatdogError, OSError):
         return None
 
 
-def write_report(labels_csv: Path, images: str, out: Path, options: ReportOptions) -> ReportResult:
-    """Summarize `labels_csv`, decode the images it shows from `images` (a folder or S3 prefix), write `out`."""
-    out, labels_csv = Path(out), Path(labels_csv)
-    if out.is_dir():
-        raise CatdogError(f"--out {out} is a folder; give an HTML file path")
-    if out.exists() and not options.overwrite:
-        raise CatdogError(f"{out} already exists; pass --overwrite to replace it")
-    if out.exists() and labels_csv.exists() and out.samefile(labels_csv):
-        raise CatdogError(f"--out {out} is the labels CSV itself")
-    if not 0 <= options.max_images <= MAX_IMAGES:
-        raise CatdogError(f"--max-images {options.max_images}: choose 0 to {MAX_IMAGES}")
-    meta = _model_meta(options.model) if options.model is not None else None
-    recorded = _recorded_threshold(labels_csv) if options.threshold is None else None
+def _selection(options: ReportOptions, meta: ModelMeta | None, record: JobRecord | None, name: str):
+    """The thresholds to use and where each came from: --threshold, else the record's, else the model's, else the
+    default; the pet threshold from the record (none when its run had `neither` off), else the model's."""
     if options.threshold is not None:
         threshold, threshold_from = options.threshold, "given with --threshold"
-    elif recorded is not None:
-        threshold, threshold_from = recorded, f"the one the labeling run used, from {job_record_path(labels_csv).name}"
+    elif record is not None:
+        threshold, threshold_from = record.threshold, f"the one the labeling run used, from {name}"
     elif meta is not None:
         threshold, threshold_from = meta.threshold, "the model's, from its meta.json"
     else:
         threshold, threshold_from = DEFAULT_THRESHOLD, "the default: no --model or --threshold given"
-    if not 0 < threshold < 1:
-        raise CatdogError(f"--threshold {threshold}: choose a value between 0 and 1")
-    source = open_source(images, options.s3_endpoint_url)
-    if isinstance(source, LocalSource) and not Path(images).is_dir():
-        raise CatdogError(f"images folder not found: {images}")
-
-    n_uncertain = options.max_images * 2 // 5
+    if record is not None:
+        pet = record.pet_threshold if record.neither else None
+        pet_from = (f"the one the labeling run used, from {name}" if pet is not None
+                    else f"none: the labeling run had neither off or a model without pet scores ({name})")
+    elif meta is not None:
+        pet = meta.pet_threshold
+        pet_from = "the model's, from its meta.json" if pet is not None else "none: the model has no pet score"
+    else:
+        pet, pet_from = None, "unknown: no --model given and no job record beside the CSV"
+    n_total = options.max_images
+    n_uncertain = n_total * 2 // 5
+    n_pet = n_uncertain // 2 if pet is not None else 0
     selection = Selection(
-        threshold, n_uncertain, (options.max_images - n_uncertain) // MAX_LABELS, options.seed,
-        meta.classes[1] if meta is not None else None,
+        threshold, n_uncertain - n_pet, (n_total - n_uncertain) // 3, options.seed,
+        meta.classes[1] if meta is not None else ("dog" if record is not None else None), pet, n_pet,
     )
-    summary = summarize_labels(labels_csv, selection)
+    return selection, threshold_from, pet_from
 
-    shown = list(dict.fromkeys(r.path for r in [*summary.uncertain, *(r for rows in summary.samples.values() for r in rows)]))
+
+def _describe(record: JobRecord) -> str:
+    shard = f", shard {record.shard[0]}/{record.shard[1]}" if record.shard[1] > 1 else ""
+    store = f" at {record.endpoint}" if record.endpoint else ""
+    return (f"catdog {record.catdog_version} at {record.written}, model {record.model[:19]}…, "
+            f"source {record.source}{store}{shard}")
+
+
+def write_report(labels_csv: Path, images: str, out: Path, options: ReportOptions) -> ReportResult:
+    """Summarize `labels_csv` in one pass, decode the images it shows from `images` (a folder or S3 prefix),
+    write `out`."""
+    out, labels_csv = Path(out), Path(labels_csv)
+    check_new_output(out, options.overwrite, "an HTML")
+    if out.exists() and labels_csv.exists() and out.samefile(labels_csv):
+        raise CatdogError(f"--out {out} is the labels CSV itself")
+    if not 0 <= options.max_images <= MAX_IMAGES:
+        raise CatdogError(f"--max-images {options.max_images}: choose 0 to {MAX_IMAGES}")
+    if options.threshold is not None and not 0 < options.threshold < 1:
+        raise CatdogError(f"--threshold {options.threshold}: choose a value between 0 and 1")
+    meta = _model_meta(options.model) if options.model is not None else None
+    source = open_source(images, options.s3_endpoint_url)
+    if isinstance(source, LocalSource):
+        if not Path(images).exists():
+            raise CatdogError(f"images folder not found: {images}")
+        if not Path(images).is_dir():
+            raise CatdogError(f"--images {images} is a file, not a folder: give the folder the CSV was made from")
+
+    name = job_record_path(labels_csv).name
+    record = _usable_record(labels_csv)
+    selection, threshold_from, pet_from = _selection(options, meta, record, name)
+    summary = summarize_labels(labels_csv, selection)
+    if record is not None and record.csv_sha256 != summary.sha256:
+        # The record no longer describes the CSV (changed since its run): its thresholds were wrong to use.
+        record = None
+        selection, threshold_from, pet_from = _selection(options, meta, None, name)
+        summary = summarize_labels(labels_csv, selection)
+
+    shown = list(dict.fromkeys(r.path for r in [
+        *summary.uncertain, *summary.pet_nearest, *(r for rows in summary.samples.values() for r in rows)
+    ]))
     max_pixels = meta.max_pixels if meta is not None else DEFAULT_MAX_PIXELS
     with ThreadPoolExecutor(max_workers=options.workers or usable_cpus()) as pool:
         thumbs = dict(zip(shown, pool.map(lambda rel: thumbnail(source, rel, THUMB_SIDE, max_pixels), shown)))
     info = Provenance(
         str(labels_csv), str(images), str(options.model) if options.model is not None else None,
-        meta.model if meta is not None else None, threshold, threshold_from, options.seed, options.max_images,
+        meta.model if meta is not None else None, selection.threshold, threshold_from, options.seed, options.max_images,
+        selection.pet_threshold, pet_from, _describe(record) if record is not None else None,
     )
     write_text(out, render_report(summary, thumbs, info))
+    neither = summary.labels[NEITHER].count if NEITHER in summary.labels else 0
     return ReportResult(
         out, summary.rows, summary.statuses["ok"], summary.statuses["error"], len(shown),
-        sum(t.problem is not None for t in thumbs.values()),
+        sum(t.problem is not None for t in thumbs.values()), neither,
     )
