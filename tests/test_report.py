@@ -6,6 +6,7 @@ import csv
 import heapq
 import html
 import json
+import os
 import re
 import shutil
 import sys
@@ -360,6 +361,7 @@ def test_report_command_refuses_to_replace_a_file_without_overwrite(small_run, t
         (["--images", "{tmp}/nowhere"], "error: images folder not found: {tmp}/nowhere"),
         (["--images", "{tmp}/photos", "--model", "{tmp}/nomodel"], "error: model not found: {tmp}/nomodel"),
         (["--images", "{tmp}/photos", "--threshold", "1.5"], "error: --threshold 1.5: choose a value between 0 and 1"),
+        (["--images", "{tmp}/labels.csv"], "error: --images {tmp}/labels.csv is a file, not a folder: give the folder the CSV was made from"),
     ],
 )
 def test_report_command_bad_input_is_a_one_line_error(small_run, tmp_path, args, message):
@@ -558,3 +560,99 @@ def test_page_loads_nothing_from_the_network(browser_run):
 def test_a_file_gone_since_labeling_is_a_placeholder_with_its_reason(browser_run):
     assert browser_run["gone"] in browser_run["captions"]
     assert "file not found" in browser_run["placeholders"]
+
+
+# --- hardening (issue 20) ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record", ["nested", "fifo", "version_1", "huge"])
+def test_report_ignores_a_job_record_it_cannot_use(record, small_run, tmp_path):
+    photos, labels = small_run
+    path = labels.with_name("labels.csv.job.json")
+    if record == "nested":
+        path.write_text("[" * 100_000)
+    elif record == "fifo":
+        os.mkfifo(path)
+    elif record == "version_1":
+        path.write_text(json.dumps({"version": 1, "source": str(photos), "threshold": 0.2}))
+    else:
+        path.write_text("[" * 60_000)
+    result = catdog("report", labels, "--images", photos, "--out", tmp_path / "r.html", timeout=60)
+    assert "report of 8 rows" in result.stderr
+    assert "0.5000 <span class=\"note\">(the default" in (tmp_path / "r.html").read_text()
+
+
+def test_report_of_a_csv_without_line_breaks_is_refused_in_bounded_memory(tmp_path):
+    result = catdog("report", "/dev/zero", "--images", tmp_path, "--out", tmp_path / "r.html", check=False, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("error: /dev/zero: line 1: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    script = (
+        "import re, sys; from pathlib import Path; from catdog.errors import CatdogError; "
+        "from catdog.labeling.report import Selection, summarize_labels\n"
+        "try:\n    summarize_labels(Path(sys.argv[1]), Selection(0.5, 4, 4))\nexcept CatdogError as exc:\n    print(exc)\n"
+        "print(re.search(r'VmHWM:\\s+(\\d+) kB', Path('/proc/self/status').read_text()).group(1))"
+    )
+    small = write_labels(tmp_path / "small.csv", [ok("a.jpg", 0.3)])
+    baseline = int(run([sys.executable, "-c", script, str(small)]).stdout.split()[-1])
+    one_line = tmp_path / "one-line.csv"
+    one_line.write_bytes(HEADER.encode() + b"a" * 40_000_000)
+    done = run([sys.executable, "-c", script, str(one_line)])
+    said, peak = done.stdout.rsplit("\n", 2)[:2]
+    assert "line 2: a row longer than" in said
+    assert (int(peak) - baseline) / 1024 < 20, f"peak RSS {baseline / 1024:.0f} MiB, then {int(peak) / 1024:.0f} MiB for a 40 MB line"
+
+
+def test_report_messages_name_the_real_problem(small_run, tmp_path):
+    photos, labels = small_run
+    (tmp_path / "file").write_text("")
+    result = catdog("report", labels, "--images", photos, "--out", tmp_path / "file" / "r.html", check=False)
+    assert result.stderr.strip() == f"error: cannot write {tmp_path}/file/r.html: {tmp_path}/file is not a folder"
+    result = catdog("report", photos, "--images", photos, "--out", tmp_path / "r.html", check=False)
+    assert result.stderr.strip() == f"error: {photos} is a folder, not a labels CSV"
+
+
+def _boxes(svg: str, cls: str) -> list[tuple[float, float, float, float]]:
+    """(x0, y0, x1, y1) of each <text class=cls>, from its anchor, font size and length (a glyph is at most
+    0.62 em wide in the fonts browsers use for these digits and letters)."""
+    boxes = []
+    for m in re.finditer(rf'<text class="{cls}" x="([\d.]+)" y="([\d.]+)" text-anchor="(\w+)" font-size="(\d+)"[^>]*>([^<]*)<', svg):
+        x, y, anchor, size, text = float(m[1]), float(m[2]), m[3], float(m[4]), m[5]
+        width = 0.62 * size * len(text)
+        x0 = {"start": x, "middle": x - width / 2, "end": x - width}[anchor]
+        boxes.append((x0, y - size, x0 + width, y + 0.25 * size))
+    return boxes
+
+
+@pytest.mark.parametrize("threshold", [0.03, 0.5, 0.97])
+def test_histogram_threshold_label_never_covers_a_bar_count(threshold):
+    counts = [120_000, 3_000] + [40] * 16 + [9_000, 1_250_000]  # the tallest bars under the label at either end
+    svg = histogram_svg(counts, threshold)
+    (mark,) = _boxes(svg, "mark")
+    counts_boxes = _boxes(svg, "count")
+    assert len(counts_boxes) == 20
+    for box in counts_boxes:
+        overlap = min(mark[2], box[2]) > max(mark[0], box[0]) and min(mark[3], box[3]) > max(mark[1], box[1])
+        assert not overlap, (mark, box)
+    assert mark[1] >= 0, "the label stays inside the picture"
+
+
+def test_report_reads_the_csv_once_when_its_job_record_describes_it(small_run, tmp_path, monkeypatch):
+    import builtins
+
+    photos, labels = small_run
+    write_job_record(labels, JobRecord(
+        source=str(photos), model="sha256:" + "0" * 64, threshold=0.3, shard=(0, 1), recursive=True, rows=8,
+        csv_sha256=file_sha256(labels), listing="0" * 32,
+    ))
+    opened = []
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and Path(file) == labels:
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    write_report(labels, str(photos), tmp_path / "r.html", ReportOptions())
+    assert len(opened) == 1
+    assert "0.3000 <span class=\"note\">(the one the labeling run used" in (tmp_path / "r.html").read_text()

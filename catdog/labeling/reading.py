@@ -103,7 +103,8 @@ class LabelsReader:
                 return
             self._used += len(line)
             if self._used > limit:
-                raise CatdogError(self._at(f"a row longer than {limit:,} characters: not a catdog labels CSV"))
+                line_num = self._reader.line_num + 1  # the csv reader counts a line once it has it
+                raise CatdogError(f"{self.path}: line {line_num}: a row longer than {limit:,} characters: not a catdog labels CSV")
             yield line
 
     def _at(self, what: str) -> str:
