@@ -137,7 +137,7 @@ def predict_folder(
     s3_endpoint_url: Annotated[Optional[str], typer.Option(envvar="CATDOG_S3_ENDPOINT_URL", help="S3-compatible endpoint for s3:// sources (default: AWS's).")] = None,
 ) -> None:
     """Label every file under SOURCE as cat, dog or neither into a CSV; bad files get status 'error' and a reason."""
-    from catdog.labeling.predict import PredictOptions, RayOptions, parse_shard, predict, progress_path
+    from catdog.labeling.predict import PredictOptions, RayOptions, parse_shard, predict, progress_path, resume_hint
 
     options = PredictOptions(
         source=source, model=model, out=out, batch_size=batch_size, threshold=threshold, pet_threshold=pet_threshold,
@@ -150,12 +150,14 @@ def predict_folder(
         summary = predict(options)
     except KeyboardInterrupt:
         saved = progress_path(out)
-        hint = f"progress kept in {saved}; rerun with --resume to continue" if saved.exists() else "nothing labeled yet"
+        hint = f"progress kept in {saved}; rerun with {resume_hint(out)} to continue" if saved.exists() else "nothing labeled yet"
         _say(f"interrupted: {hint}")
         raise typer.Exit(130) from None
     total = summary.ok + summary.error
     earlier = f" ({total - summary.labeled_now} of them by the interrupted run)" if total > summary.labeled_now else ""
     neither = f"; {summary.neither} of the ok neither a cat nor a dog" if summary.neither is not None else ""
+    if summary.discarded:
+        earlier += " (an interrupted run's progress was discarded: --overwrite without --resume starts over)"
     _say(
         f"labeled {total} files{earlier}: {summary.ok} ok, {summary.error} error{neither} "
         f"in {summary.seconds:.1f}s ({summary.rate:.1f} images/s) -> {summary.out}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catdog.errors import CatdogError, redact_url
-from catdog.labeling.labels import Decision, LabelsCSV, check_output, own_files, progress_path, run_lock
+from catdog.labeling.labels import Decision, LabelsCSV, check_out_path, check_output, own_files, progress_path, resume_hint, run_lock
 from catdog.progress import progress_bar
 from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
 from catdog.labeling.runtime import ModelMeta, Predictor, load_predictor, resolve_model_file
@@ -21,7 +21,7 @@ from catdog.labeling.sources import Listing, Source, files_digest, open_source, 
 
 ENGINES = ("local", "ray")
 
-__all__ = ["PredictOptions", "RayOptions", "Summary", "decision_for", "predict", "parse_shard", "progress_path", "shard_of"]
+__all__ = ["PredictOptions", "RayOptions", "Summary", "decision_for", "predict", "parse_shard", "progress_path", "resume_hint", "shard_of"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Summary:
     seconds: float
     labeled_now: int  # files this run labeled (fewer than ok + error after --resume)
     neither: int | None = None  # ok rows labeled `neither`; None when the run could not say `neither`
+    discarded: bool = False  # an interrupted run's progress was dropped (--overwrite without --resume starts over)
 
     @property
     def rate(self) -> float:
@@ -93,6 +94,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
     started = time.perf_counter()
     if options.engine not in ENGINES:
         raise CatdogError(f"unknown engine {options.engine!r}: choose one of {', '.join(ENGINES)}")
+    check_out_path(options.out)
     if options.engine == "ray":
         from catdog.labeling.ray_engine import require_ray
 
@@ -126,7 +128,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
                 advance(len(batch))
             labels.finish(_job_recorder(source, options, decision, predictor.meta, model, labels, whole))
     return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(listing),
-                   None if decision.pet_threshold is None else labels.counts.neither)
+                   None if decision.pet_threshold is None else labels.counts.neither, labels.discarded)
 
 
 def decision_for(meta: ModelMeta, options: PredictOptions) -> Decision:
