@@ -152,9 +152,16 @@ def load_image(
         width, height = im.size
         with gate(width * height) if gate else nullcontext():
             im.load()
-            oriented = ImageOps.exif_transpose(im)
-            resized = _to_rgb_or_gray(oriented).resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(resized.convert("RGB"), dtype=np.uint8)
+            return fit_image(im, size)
+
+
+def fit_image(im: Image.Image, size: int) -> np.ndarray:
+    """A decoded image as the model takes it: EXIF orientation applied, converted to RGB (alpha over white,
+    16-bit to 8-bit) and squashed to `size` x `size` with bilinear resampling; `size` x `size` x 3 uint8.
+    The step after decoding that `load_image` and the Python API's in-memory images share."""
+    oriented = ImageOps.exif_transpose(im)
+    resized = _to_rgb_or_gray(oriented).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized.convert("RGB"), dtype=np.uint8)
 
 
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:

@@ -1,0 +1,269 @@
+"""The Python API (catdog.load / classify, label_folder, read_labels) against what predict-folder writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import catdog
+from catdog.errors import CatdogError
+from catdog.labeling.sources import path_from_text, path_text
+from conftest import catdog as run_catdog
+from conftest import cli_env, make_image
+from test_predict import ODD_NAMES, hostile, read_rows  # noqa: F401 - hostile is a fixture used below
+
+SMALL_OK = ["plain.jpg", "gray.png", "palette.png", "alpha.png", "cmyk.jpg", "anim.gif", "comma, in name.jpg", "new\nline.jpg", "ünïcødé 猫.jpg"]
+BROKEN = ["empty.jpg", "truncated.jpg", "notes.txt", "holiday.jpg"]
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """Small images of every mode, one big JPEG (decoded DCT-scaled), a 16-bit PNG and broken files."""
+    root = tmp_path / "photos"
+    make_image(root / "plain.jpg", seed=1)
+    make_image(root / "gray.png", fmt="PNG", mode="L", seed=2)
+    make_image(root / "palette.png", fmt="PNG", mode="P", seed=3)
+    make_image(root / "alpha.png", (40, 90, 200), fmt="PNG", mode="RGBA", seed=4)
+    make_image(root / "cmyk.jpg", fmt="JPEG", mode="CMYK", seed=5)
+    make_image(root / "anim.gif", (30, 60, 210), fmt="GIF", seed=6)
+    for i, name in enumerate(SMALL_OK[-3:]):
+        make_image(root / name, (60 + 40 * i, 80, 190 - 40 * i), seed=7 + i)
+    make_image(root / "big.jpg", (50, 80, 190), size=(640, 480), seed=11)
+    Image.fromarray(np.full((20, 30), 40000, dtype=np.uint16)).save(root / "sixteen.png")
+    (root / "empty.jpg").write_bytes(b"")
+    full = make_image(tmp_path / "whole.jpg", size=(300, 200)).read_bytes()
+    (root / "truncated.jpg").write_bytes(full[: len(full) // 3])
+    (root / "notes.txt").write_text("not an image\n")
+    (root / "holiday.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    return root
+
+
+@pytest.fixture
+def csv_rows(photos, tiny_bundle, tmp_path) -> dict[str, dict]:
+    """predict-folder's rows for `photos`, by path."""
+    out = tmp_path / "labels.csv"
+    run_catdog("predict-folder", photos, "--model", tiny_bundle, "--out", out, "--batch-size", "3")
+    return {row["path"]: row for row in read_rows(out)}
+
+
+def as_row(p: catdog.Prediction) -> dict:
+    """A Prediction in the CSV's text form."""
+    return {
+        "label": p.label or "", "p_dog": "" if p.p_dog is None else f"{p.p_dog:.6f}",
+        "pet_score": "" if p.pet_score is None else f"{p.pet_score:.6f}", "status": p.status, "error": p.error or "",
+    }
+
+
+def expected(row: dict) -> dict:
+    return {k: row[k] for k in ("label", "p_dog", "pet_score", "status", "error")}
+
+
+def test_paths_bytes_and_file_objects_give_the_csv_rows_of_predict_folder(photos, csv_rows, tiny_bundle):
+    labeler = catdog.load(tiny_bundle)
+    assert set(csv_rows) == set(SMALL_OK + BROKEN + ["big.jpg", "sixteen.png"])
+    for name, row in csv_rows.items():
+        path = photos / name
+        with open(path, "rb") as fh:
+            from_file = labeler.classify(fh)
+        for got in (labeler.classify(str(path)), labeler.classify(path), labeler.classify(path.read_bytes()),
+                    labeler.classify(bytearray(path.read_bytes())), from_file, labeler.classify(io.BytesIO(path.read_bytes()))):
+            assert as_row(got) == expected(row), name
+    assert {n: csv_rows[n]["error"] for n in BROKEN} == {
+        "empty.jpg": "empty file", "truncated.jpg": csv_rows["truncated.jpg"]["error"], "notes.txt": "not an image (unrecognized format)",
+        "holiday.jpg": "unsupported format: EPS",
+    }
+    assert csv_rows["truncated.jpg"]["error"].startswith("corrupt or truncated image")
+
+
+def test_pil_images_and_arrays_give_the_csv_rows_of_predict_folder(photos, csv_rows, tiny_bundle):
+    labeler = catdog.load(tiny_bundle)
+    for name in SMALL_OK + ["big.jpg", "sixteen.png"]:
+        want = expected(csv_rows[name])
+        assert want["status"] == "ok"
+        # Opened, not yet read: decoded from its file as predict-folder decodes it (the big JPEG DCT-scaled too).
+        assert as_row(labeler.classify(Image.open(photos / name))) == want, name
+        with open(photos / name, "rb") as fh:
+            assert as_row(labeler.classify(Image.open(io.BytesIO(fh.read())))) == want, name
+    for name in SMALL_OK:  # small enough that the JPEG decoder scales nothing: in-memory pixels give the same row
+        want = expected(csv_rows[name])
+        with Image.open(photos / name) as im:
+            im.load()
+            rgb = im.convert("RGB")
+            assert as_row(labeler.classify(im)) == want, name
+            assert as_row(labeler.classify(rgb)) == want, name
+            pixels = np.asarray(im if im.mode in ("L", "RGB", "RGBA") else rgb)
+        assert as_row(labeler.classify(pixels)) == want, name
+        assert as_row(labeler.classify(pixels.astype(np.float32))) == want, name
+        assert as_row(labeler.classify(pixels.astype(np.int64))) == want, name
+    gray = np.asarray(Image.open(photos / "gray.png"))
+    assert gray.ndim == 2 and as_row(labeler.classify(gray[:, :, None])) == expected(csv_rows["gray.png"])
+
+
+def test_a_list_gives_results_in_order_with_an_error_in_place_of_a_broken_item(photos, csv_rows, tiny_bundle):
+    labeler = catdog.load(tiny_bundle, batch_size=2, workers=2)
+    items = [photos / "plain.jpg", b"junk", photos / "missing.jpg", np.asarray(Image.open(photos / "gray.png")),
+             photos / "holiday.jpg", photos, Image.open(photos / "big.jpg"), np.zeros((4, 4, 2), np.uint8),
+             np.full((4, 4, 3), 0.5), (photos / "plain.jpg").read_bytes()]
+    got = labeler.classify(items)
+    assert isinstance(got, list) and len(got) == len(items)
+    assert [p.status for p in got] == ["ok", "error", "error", "ok", "error", "error", "ok", "error", "error", "ok"]
+    assert as_row(got[0]) == as_row(got[9]) == expected(csv_rows["plain.jpg"])
+    assert as_row(got[3]) == expected(csv_rows["gray.png"])
+    assert as_row(got[6]) == expected(csv_rows["big.jpg"])
+    assert got[1].error == "not an image (unrecognized format)" and got[2].error == "file not found"
+    assert got[4].error == "unsupported format: EPS" and got[5].error == "is a directory"
+    assert got[7].error.startswith("not an image array: shape (4, 4, 2)")
+    assert "multiply by 255" in got[8].error
+    for p in got:
+        assert p.ok == (p.status == "ok")
+        if not p.ok:
+            assert p.label is None and p.p_dog is None and p.pet_score is None and "\n" not in p.error
+    assert labeler.classify(tuple(items[:2])) == got[:2]
+    assert labeler.classify([]) == []
+
+
+def test_an_object_that_is_no_image_is_a_type_error(tiny_bundle):
+    labeler = catdog.load(tiny_bundle)
+    for bad in (42, None, {"path": "a.jpg"}, [Path("a.jpg"), 3.5]):
+        with pytest.raises(TypeError, match="cannot classify a"):
+            labeler.classify(bad)
+
+
+def test_thresholds_override_the_bundles_like_the_cli_options(photos, tiny_bundle, tmp_path):
+    names = ["plain.jpg", "alpha.png", "anim.gif"]
+    assert {p.label for p in catdog.load(tiny_bundle, threshold=0.000001).classify([photos / n for n in names])} == {"dog"}
+    assert {p.label for p in catdog.load(tiny_bundle, threshold=0.999999).classify([photos / n for n in names])} == {"cat"}
+    run_catdog("predict-folder", photos, "--model", tiny_bundle, "--out", tmp_path / "t.csv", "--threshold", "0.3", "--no-neither")
+    rows = {r["path"]: r for r in read_rows(tmp_path / "t.csv")}
+    labeler = catdog.load(tiny_bundle, threshold=0.3, neither=False)
+    assert [as_row(p) for p in labeler.classify([photos / n for n in names])] == [expected(rows[n]) for n in names]
+    assert labeler.decision.threshold == 0.3 and "threshold=0.3" in repr(labeler)
+    with pytest.raises(CatdogError, match="invalid threshold 2"):
+        catdog.load(tiny_bundle, threshold=2)
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "model not found"), ("garbage_tflite", "cannot load model"), ("no_meta", "model metadata not found"),
+    ("runtime", "unknown runtime"),
+])
+def test_a_bad_bundle_is_a_one_line_catdog_error(tiny_bundle, tmp_path, setup, message):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "meta.json").write_text((tiny_bundle / "meta.json").read_text())
+    (bundle / "model.tflite").write_bytes((tiny_bundle / "model.tflite").read_bytes())
+    runtime = "auto"
+    if setup == "missing":
+        bundle = tmp_path / "nope"
+    elif setup == "garbage_tflite":
+        (bundle / "model.tflite").write_bytes(b"this is not a flatbuffer" * 10)
+    elif setup == "no_meta":
+        (bundle / "meta.json").unlink()
+    else:
+        runtime = "onnx"
+    with pytest.raises(CatdogError) as caught:
+        catdog.load(bundle, runtime)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_label_folder_is_predict_folder(photos, tiny_bundle, tmp_path):
+    run_catdog("predict-folder", photos, "--model", tiny_bundle, "--out", tmp_path / "cli.csv", "--shard", "1/2")
+    summary = catdog.label_folder(photos, tmp_path / "api.csv", model=tiny_bundle, shard="1/2", batch_size=3, workers=1)
+    assert (tmp_path / "api.csv").read_bytes() == (tmp_path / "cli.csv").read_bytes()
+    rows = read_rows(tmp_path / "api.csv")
+    assert summary.out == tmp_path / "api.csv" and summary.ok + summary.error == len(rows) == summary.labeled_now
+    assert summary.error == sum(r["status"] == "error" for r in rows)
+    with pytest.raises(CatdogError, match="already exists"):
+        catdog.label_folder(photos, tmp_path / "api.csv", model=tiny_bundle)
+    with pytest.raises(TypeError, match=r"unknown option 'treshold' \(did you mean 'threshold'\?\)"):
+        catdog.label_folder(photos, tmp_path / "x.csv", model=tiny_bundle, treshold=0.4)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_read_labels_types_the_columns_and_round_trips_hostile_names(hostile, tiny_bundle, tmp_path):
+    root, expected_status = hostile
+    for name in ("NA", "null", "nan", "back\\slash.jpg", os.fsdecode(b"caf\xe9.jpg")):
+        make_image(root / name, fmt="JPEG")
+        expected_status[name] = "ok"
+    out = tmp_path / "labels.csv"
+    run_catdog("predict-folder", root, "--model", tiny_bundle, "--out", out, timeout=120)
+    frame = catdog.read_labels(out)
+    rows = read_rows(out)
+    assert list(frame.columns) == ["path", "label", "p_dog", "pet_score", "status", "error"]
+    assert list(frame["path"]) == [r["path"] for r in rows]
+    for name in ODD_NAMES + ["NA", "null", "nan", "back\\\\slash.jpg", "caf\\xe9.jpg"]:
+        assert name in set(frame["path"]), name
+    assert frame["p_dog"].dtype == np.float64 and frame["pet_score"].dtype == np.float64
+    assert dict(zip(frame["path"], frame["status"])) == {path_text(name): status for name, status in expected_status.items()}
+    assert all(os.path.lexists(root / path_from_text(text)) for text in frame["path"])  # the text maps back to the file
+    for (_, got), row in zip(frame.iterrows(), rows):
+        assert got["label"] == row["label"] and got["error"] == row["error"] and got["status"] == row["status"]
+        if row["p_dog"]:
+            assert got["p_dog"] == float(row["p_dog"])
+        else:
+            assert math.isnan(got["p_dog"])
+        assert math.isnan(got["pet_score"]) if not row["pet_score"] else got["pet_score"] == float(row["pet_score"])
+    assert all(isinstance(v, str) for column in ("path", "label", "status", "error") for v in frame[column])
+
+
+def test_read_labels_reads_a_five_column_csv_and_a_bom_and_refuses_other_files(tmp_path):
+    old = tmp_path / "old.csv"
+    old.write_bytes(b"path,label,p_dog,status,error\r\nNA,cat,0.250000,ok,\r\nb.jpg,,,error,empty file\r\n")
+    frame = catdog.read_labels(old)
+    assert list(frame.columns) == ["path", "label", "p_dog", "pet_score", "status", "error"]
+    assert list(frame["path"]) == ["NA", "b.jpg"] and frame["p_dog"][0] == 0.25 and frame["pet_score"].isna().all()
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfpath,label,p_dog,pet_score,status,error\r\na.jpg,neither,0.700000,0.100000,ok,\r\n")
+    assert catdog.read_labels(bom)["pet_score"][0] == 0.1
+    cases = {
+        "missing.csv": (None, "labels CSV not found"),
+        "empty.csv": (b"", "is empty, not a labels CSV"),
+        "header.csv": (b"path,label\r\na,b\r\n", "is not a labels CSV: its header is 'path,label'"),
+        "status.csv": (b"path,label,p_dog,pet_score,status,error\r\na,cat,0.1,,maybe,\r\n", "status 'maybe'"),
+        "p.csv": (b"path,label,p_dog,pet_score,status,error\r\na,cat,1.5,,ok,\r\n", "p_dog '1.5', not a number from 0 to 1"),
+        "short.csv": (b"path,label,p_dog,pet_score,status,error\r\na,cat,0.1\r\n", "status '' (expected ok or error): truncated"),
+        "long.csv": (b"path,label,p_dog,pet_score,status,error\r\na,cat,0.1,,ok,,extra\r\n", "is not a labels CSV"),
+    }
+    for name, (data, message) in cases.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        with pytest.raises(CatdogError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+            catdog.read_labels(tmp_path / name)
+        assert "\n" not in str(caught.value), name
+
+
+def test_read_labels_without_pandas_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # what `import pandas` finds where it is not installed
+    with pytest.raises(CatdogError, match="read_labels needs pandas"):
+        catdog.read_labels(tmp_path / "labels.csv")
+
+
+def _modules_after(code: str) -> set[str]:
+    script = code + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    result = subprocess.run([sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=120, check=True)
+    return set(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_import_catdog_imports_no_tensorflow_ray_pandas_or_numpy():
+    loaded = _modules_after("import catdog")
+    assert not loaded & {"tensorflow", "keras", "ray", "pandas", "numpy", "PIL"}, loaded & {"tensorflow", "keras", "ray", "pandas", "numpy", "PIL"}
+    assert {"load", "Labeler", "Prediction", "label_folder", "read_labels", "CatdogError"} <= set(dir(catdog))
+    with pytest.raises(AttributeError):
+        catdog.no_such_name  # noqa: B018
+
+
+def test_loading_and_classifying_with_a_tflite_bundle_imports_no_tensorflow(tiny_bundle, tmp_path):
+    make_image(tmp_path / "a.jpg")
+    loaded = _modules_after(
+        f"import catdog\nl = catdog.load({str(tiny_bundle)!r})\nassert l.runtime == 'litert'\n"
+        f"assert l.classify({str(tmp_path / 'a.jpg')!r}).status == 'ok'"
+    )
+    assert not loaded & {"tensorflow", "keras", "ray", "pandas"}
