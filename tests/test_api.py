@@ -223,14 +223,16 @@ def test_read_labels_reads_a_five_column_csv_and_a_bom_and_refuses_other_files(t
     bom = tmp_path / "bom.csv"
     bom.write_bytes(b"\xef\xbb\xbfpath,label,p_dog,pet_score,status,error\r\na.jpg,neither,0.700000,0.100000,ok,\r\n")
     assert catdog.read_labels(bom)["pet_score"][0] == 0.1
-    cases = {
+    head = b"path,label,p_dog,pet_score,status,error\r\n"
+    cases = {  # what merge-labels and report refuse
         "missing.csv": (None, "labels CSV not found"),
-        "empty.csv": (b"", "is empty, not a labels CSV"),
-        "header.csv": (b"path,label\r\na,b\r\n", "is not a labels CSV: its header is 'path,label'"),
-        "status.csv": (b"path,label,p_dog,pet_score,status,error\r\na,cat,0.1,,maybe,\r\n", "status 'maybe'"),
-        "p.csv": (b"path,label,p_dog,pet_score,status,error\r\na,cat,1.5,,ok,\r\n", "p_dog '1.5', not a number from 0 to 1"),
-        "short.csv": (b"path,label,p_dog,pet_score,status,error\r\na,cat,0.1\r\n", "status '' (expected ok or error): truncated"),
-        "long.csv": (b"path,label,p_dog,pet_score,status,error\r\na,cat,0.1,,ok,,extra\r\n", "is not a labels CSV"),
+        "empty.csv": (b"", "is empty: not a catdog labels CSV"),
+        "header.csv": (b"path,label\r\na,b\r\n", "line 1: not a catdog labels CSV: the header is 'path,label'"),
+        "status.csv": (head + b"a,cat,0.1,,maybe,\r\n", "line 2: status 'maybe' is neither ok nor error"),
+        "p.csv": (head + b"a,cat,1.5,,ok,\r\n", "line 2: p_dog '1.5' is not a number from 0 to 1"),
+        "short.csv": (head + b"a,cat,0.1\r\n", "line 2: expected 6 fields, found 3"),
+        "long.csv": (head + b"a,cat,0.1,,ok,,extra\r\n", "line 2: expected 6 fields, found 7"),
+        "order.csv": (head + b"b,cat,0.1,,ok,\r\na,cat,0.1,,ok,\r\n", "line 3: 'a' sorts before line 2"),
     }
     for name, (data, message) in cases.items():
         if data is not None:

@@ -9,11 +9,9 @@ label and the same printed scores here as in the CSV. Re-exported by `catdog` (l
 
 from __future__ import annotations
 
-import csv
 import difflib
 import io
 import os
-import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,9 +33,6 @@ if TYPE_CHECKING:
     ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, Image.Image, np.ndarray]
 
 __all__ = ["Labeler", "Prediction", "label_folder", "load", "read_labels"]
-
-# The five columns of a labels CSV from before the pet score.
-COLUMNS_V1 = ("path", "label", "p_dog", "status", "error")
 
 
 @dataclass(frozen=True)
@@ -338,54 +333,23 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     empty where the CSV's are), p_dog and pet_score as floats, NaN on error rows (pet_score also for a model
     without one). A five-column CSV from before the pet score reads with pet_score all NaN.
 
-    Needs pandas, which the labeling Docker image leaves out (`pip install pandas`, or catdog's `[pipeline]`
-    extra); without it, a one-line `CatdogError`. So is a file that is not a labels CSV.
+    The file is checked as merge-labels and report check it (`catdog.labeling.reading`): header, every row,
+    sorted unique paths; a file that is not a labels CSV is a one-line `CatdogError` naming the line. Needs
+    pandas, which the labeling Docker image leaves out (`pip install pandas`, or catdog's `[pipeline]` extra);
+    without it, a one-line `CatdogError` too.
     """
     try:
         import pandas as pd
     except ImportError:
         raise CatdogError("read_labels needs pandas, which catdog's labeling install leaves out: pip install pandas") from None
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="backslashreplace") as fh:
-            header = next(csv.reader(fh), None)
-    except FileNotFoundError:
-        raise CatdogError(f"labels CSV not found: {path}") from None
-    except IsADirectoryError:
-        raise CatdogError(f"{path} is a folder; give the labels CSV") from None
-    except csv.Error as exc:
-        raise CatdogError(f"{path} is not a labels CSV: {exc}") from None
-    if header is None:
-        raise CatdogError(f"{path} is empty, not a labels CSV ({','.join(COLUMNS)})")
-    if tuple(header) not in (COLUMNS, COLUMNS_V1):
-        raise CatdogError(f"{path} is not a labels CSV: its header is {','.join(header)[:80]!r}, expected {','.join(COLUMNS)!r}")
-    try:
-        with warnings.catch_warnings():
-            # With index_col=False, pandas only warns about a row with more fields than the header, and drops them.
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(
-                path, dtype=str, keep_default_na=False, index_col=False,
-                encoding="utf-8-sig", encoding_errors="backslashreplace",
-            )
-    except pd.errors.ParserWarning:
-        raise CatdogError(f"{path} is not a labels CSV: a row has more fields than the header") from None
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise CatdogError(f"{path} is not a labels CSV: {' '.join(str(exc).split())[:200]}") from None
-    if "pet_score" not in frame.columns:
-        frame.insert(COLUMNS.index("pet_score"), "pet_score", "")
-    status = frame["status"]
-    if not status.isin(("ok", "error")).all():  # pandas fills a short (truncated) row's missing fields with ""
-        row = frame[~status.isin(("ok", "error"))].iloc[0]
-        raise CatdogError(
-            f"{path}: the row of {row['path']!r} has status {row['status']!r} (expected ok or error): truncated or not a labels CSV"
-        )
-    for column in ("p_dog", "pet_score"):
-        text = frame[column]
-        values = pd.to_numeric(text.where(text != ""), errors="coerce").astype("float64")
-        needed = (status == "ok") if column == "p_dog" else (text != "")
-        bad = needed & ~values.between(0.0, 1.0)
-        if bad.any():
-            row = frame[bad].iloc[0]
-            raise CatdogError(f"{path}: the row of {row['path']!r} has {column} {row[column]!r}, not a number from 0 to 1")
-        frame[column] = values
-    return frame
+    from catdog.labeling.reading import LabelsReader
+
+    columns: tuple[list, ...] = tuple([] for _ in COLUMNS)
+    with LabelsReader(Path(path)) as reader:
+        for row in reader.rows():
+            for column, value in zip(columns, row):
+                column.append(value)
+    scores = {"p_dog", "pet_score"}
+    return pd.DataFrame({
+        name: pd.Series(values, dtype="float64" if name in scores else str) for name, values in zip(COLUMNS, columns)
+    })
