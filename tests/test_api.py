@@ -269,3 +269,46 @@ def test_loading_and_classifying_with_a_tflite_bundle_imports_no_tensorflow(tiny
         f"assert l.classify({str(tmp_path / 'a.jpg')!r}).status == 'ok'"
     )
     assert not loaded & {"tensorflow", "keras", "ray", "pandas"}
+
+
+def test_the_readmes_python_example_runs_as_written(tiny_bundle, tmp_path):
+    """The "Use it from Python" block, run in a folder laid out as it assumes (models/, photos/, data/labels.csv)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Use it from Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "models").symlink_to(tiny_bundle)
+    make_image(tmp_path / "photos" / "rex.jpg", (50, 80, 190))
+    make_image(tmp_path / "photos" / "tom.png", (190, 70, 50), fmt="PNG")
+    make_image(tmp_path / "photos" / "teapot.jpg", (120, 120, 120))
+    (tmp_path / "photos" / "notes.txt").write_text("not an image\n")
+    run_catdog("predict-folder", tmp_path / "photos", "--model", tiny_bundle, "--out", tmp_path / "data" / "labels.csv")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "photos/notes.txt: error  p_dog=None  not an image (unrecognized format)" in result.stdout
+    assert "Prediction(label=" in result.stdout and "0 notes.txt not an image (unrecognized format)" in " ".join(result.stdout.split())
+
+
+class Counting:
+    """A predictor that records the batch sizes it is called with."""
+
+    def __init__(self, inner):
+        self.inner, self.meta, self.runtime, self.sizes = inner, inner.meta, inner.runtime, []
+
+    def predict(self, images):
+        self.sizes.append(len(images))
+        return self.inner.predict(images)
+
+
+def test_a_list_is_scored_in_batches_and_threads_may_share_a_labeler(photos, csv_rows, tiny_bundle):
+    from concurrent.futures import ThreadPoolExecutor
+
+    labeler = catdog.load(tiny_bundle, batch_size=4)
+    labeler._predictor = counting = Counting(labeler._predictor)
+    names = sorted(csv_rows)
+    got = labeler.classify([photos / n for n in names])
+    assert [as_row(p) for p in got] == [expected(csv_rows[n]) for n in names]
+    ok_per_batch = [sum(csv_rows[n]["status"] == "ok" for n in names[i : i + 4]) for i in range(0, len(names), 4)]
+    assert counting.sizes == [k for k in ok_per_batch if k], "one model call per batch of decoded images"
+    with ThreadPoolExecutor(4) as pool:
+        shared = list(pool.map(lambda n: labeler.classify(photos / n), names * 3))
+    assert [as_row(p) for p in shared] == [expected(csv_rows[n]) for n in names * 3]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import difflib
 import io
 import os
+import threading
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -64,8 +64,8 @@ class _Overrides:
 
 
 class Labeler:
-    """A loaded bundle that classifies photos (see `load`). Safe to reuse for many calls; not for concurrent calls
-    from several threads (the model's interpreter is one)."""
+    """A loaded bundle that classifies photos (see `load`). Load it once and reuse it; threads may share it (their
+    model calls take turns on the one interpreter, their decoding does not)."""
 
     def __init__(self, predictor: Predictor, decision: Decision, batch_size: int = 64, workers: int | None = None,
                  max_pixels: int | None = None):
@@ -74,6 +74,7 @@ class Labeler:
         self.batch_size = batch_size
         self.workers = workers
         self.max_pixels = predictor.meta.max_pixels if max_pixels is None else max_pixels
+        self._model_lock = threading.Lock()  # a LiteRT interpreter serves one call at a time
 
     @property
     def meta(self) -> ModelMeta:
@@ -136,7 +137,9 @@ class Labeler:
 
         def score(start: int, decoded: list) -> None:
             rels = [str(i) for i in range(start, start + len(decoded))]
-            for rel, p_dog, pet, reason in score_batch(rels, decoded, self._predictor):
+            with self._model_lock:
+                scored = score_batch(rels, decoded, self._predictor)
+            for rel, p_dog, pet, reason in scored:
                 _, label, p_text, pet_text, status, error = format_row(rel, p_dog, pet, reason, self.decision)
                 results.append(Prediction(
                     label or None, float(p_text) if p_text else None, float(pet_text) if pet_text else None, status, error or None,
