@@ -201,6 +201,21 @@ def merge_labels(
     _say(f"merged {summary.shards} shards of {summary.source}: {summary.rows} rows ({summary.ok} ok, {summary.error} error) -> {summary.out}")
 
 
+@app.command("export-xlsx")
+def export_xlsx(
+    labels: Annotated[Path, typer.Argument(metavar="LABELS_CSV", help="The labels CSV written by predict-folder or merge-labels.")],
+    out: Annotated[Path, typer.Option(help="The .xlsx workbook to write.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file at --out.")] = False,
+) -> None:
+    """Write a labels CSV as an .xlsx that is safe to open in a spreadsheet: file names stay text (never formulas,
+    numbers or dates), p_dog and pet_score are numbers."""
+    from catdog.labeling.export import export_xlsx as run
+
+    result = run(labels, out, overwrite)
+    sheets = f" on {result.sheets} sheets" if result.sheets > 1 else ""
+    _say(f"exported {result.rows} rows{sheets} -> {result.out}")
+
+
 def main() -> None:
     """Entry point: run the app, turning expected failures into one-line errors."""
     try:

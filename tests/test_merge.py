@@ -457,3 +457,73 @@ def test_merge_messages_name_the_real_problem(job, tmp_path):
     assert_refused(merge(tmp_path / "file" / "out.csv", *shards), f"cannot write {tmp_path}/file/out.csv: {tmp_path}/file is not a folder")
     (tmp_path / "folder.csv").mkdir()
     assert_refused(merge(tmp_path / "out.csv", shards[0], tmp_path / "folder.csv", shards[2]), f"{tmp_path}/folder.csv is a folder, not a shard CSV")
+
+
+@pytest.mark.parametrize("edit", ["banana", "flipped"])
+def test_merge_checks_every_row_as_report_does(edit, job, tmp_path):
+    """A shard edited by hand, its record's sha256 refreshed: only the rows themselves can show it."""
+    shards = copy_shards(job, tmp_path)
+    rows = read_rows(shards[1])
+    i = next(i for i, row in enumerate(rows) if row[COLUMNS.index("label")] in ("cat", "dog"))
+    label = rows[i][1]
+    rows[i][1] = "banana" if edit == "banana" else {"cat": "dog", "dog": "cat"}[label]
+    rewrite(shards[1], rows)
+    needle = "label 'banana' is not one of cat, dog, neither" if edit == "banana" else f"label {rows[i][1]!r} does not follow from p_dog"
+    assert_refused(merge(tmp_path / "out.csv", *shards), f"{shards[1]}: line {i + 2}: {needle}")
+    assert not (tmp_path / "out.csv").exists()
+
+
+# Names whose text looks like an escape: a naive JSON export of an emoji name, a backslash, and a real
+# undecodable byte beside the literal text of its old escape.
+ESCAPE_LOOKALIKES = [b"cat\\ud83d\\udc31.jpg", b"a\\xffb.jpg", b"a\xffb.jpg", b"a\\udcffb.jpg", b"caf\xe9.jpg", b"back\\slash.jpg"]
+
+
+def test_merge_of_names_that_look_like_escapes_equals_the_unsharded_csv(tiny_bundle, real_photos, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sample = sorted((real_photos / "train" / "dogs").iterdir())[0].read_bytes()
+    for name in ESCAPE_LOOKALIKES:
+        (folder / os.fsdecode(name)).write_bytes(sample)
+    runs = tmp_path / "runs"
+    catdog("predict-folder", folder, "--model", tiny_bundle, "--out", runs / "single.csv")
+    shards = []
+    for k in range(N):
+        shards.append(runs / f"labels-{k}.csv")
+        catdog("predict-folder", folder, "--model", tiny_bundle, "--out", shards[-1], "--shard", f"{k}/{N}")
+    merge(tmp_path / "merged.csv", *shards, check=True)
+    assert (tmp_path / "merged.csv").read_bytes() == (runs / "single.csv").read_bytes()
+    paths = [row[0] for row in read_rows(tmp_path / "merged.csv")]
+    assert len(set(paths)) == len(ESCAPE_LOOKALIKES) and all(row[COLUMNS.index("status")] == "ok" for row in read_rows(runs / "single.csv"))
+
+
+def test_merge_refuses_shards_of_the_same_bucket_on_two_stores(tiny_bundle, real_photos, tmp_path):
+    from conftest import aws_free_env, moto_s3
+
+    env = aws_free_env(tmp_path, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
+    files = sorted((real_photos / "train" / "cats").iterdir())[:6]
+    out = tmp_path / "runs"
+    with moto_s3() as (first_url, first), moto_s3() as (second_url, second):
+        for client in (first, second):
+            client.create_bucket(Bucket="photos")
+            for path in files:
+                client.put_object(Bucket="photos", Key=f"batch/{path.name}", Body=path.read_bytes())
+        for k, url in ((0, first_url), (1, second_url), (2, second_url)):
+            catdog(
+                "predict-folder", "s3://photos/batch", "--model", tiny_bundle, "--out", out / f"labels-{k}.csv",
+                "--shard", f"{k}/{N}", "--s3-endpoint-url", url + "/", env=env,
+            )
+    assert read_job_record(out / "labels-0.csv").endpoint == first_url
+    shards = [out / f"labels-{k}.csv" for k in range(N)]
+    assert_refused(merge(tmp_path / "merged.csv", *shards), f"{shards[1]} is from a different job than {shards[0]}: endpoint ")
+
+
+def test_merge_refuses_a_five_column_csv_from_before_neither_saying_to_relabel(job, tmp_path):
+    shards = copy_shards(job, tmp_path)
+    status = COLUMNS.index("pet_score")
+    with open_csv(shards[2]) as fh:
+        rows = [row[:status] + row[status + 1:] for row in csv.reader(fh)]
+    with open_csv(shards[2], "w") as fh:
+        csv_writer(fh).writerows(rows)
+    record = read_job_record(shards[2])
+    write_job_record(shards[2], dataclasses.replace(record, csv_sha256=hashlib.sha256(shards[2].read_bytes()).hexdigest()))
+    assert_refused(merge(tmp_path / "out.csv", *shards), f"{shards[2]} was written by an older catdog (five columns, no pet_score): relabel it")

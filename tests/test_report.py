@@ -656,3 +656,87 @@ def test_report_reads_the_csv_once_when_its_job_record_describes_it(small_run, t
     write_report(labels, str(photos), tmp_path / "r.html", ReportOptions())
     assert len(opened) == 1
     assert "0.3000 <span class=\"note\">(the one the labeling run used" in (tmp_path / "r.html").read_text()
+
+
+# --- the neither label and pet_score (issue 18) ---------------------------------------------------------
+
+
+def pet_row(path: str, p: float, pet: float, threshold: float = 0.5, pet_threshold: float = 0.3) -> tuple[str, ...]:
+    label = "neither" if pet < pet_threshold else ("dog" if p >= threshold else "cat")
+    return (path, label, f"{p:.6f}", f"{pet:.6f}", "ok", "")
+
+
+@pytest.fixture
+def neither_run(tmp_path) -> tuple[Path, Path]:
+    """Cats, dogs and other things, a hostile name among the others, and a record with a pet threshold of 0.3."""
+    photos = tmp_path / "photos"
+    rows = []
+    for i in range(6):
+        for kind, color, p, pet in (("cat", (190, 70, 50), 0.1, 0.9), ("dog", (50, 80, 190), 0.9, 0.8), ("car", (90, 90, 90), 0.6, 0.05)):
+            name = f"{kind}{i}.jpg" if (kind, i) != ("car", 0) else HOSTILE
+            make_image(photos / name, color=color, seed=i)
+            rows.append(pet_row(name, p + i / 100, pet - i / 100 + (0.22 if kind == "car" and i == 5 else 0)))
+    labels = write_labels(tmp_path / "labels.csv", rows)
+    write_job_record(labels, JobRecord(
+        source=str(photos), model="sha256:" + "0" * 64, threshold=0.5, shard=(0, 1), recursive=True, rows=len(rows),
+        csv_sha256=file_sha256(labels), listing="0" * 32, pet_threshold=0.3,
+    ))
+    return photos, labels
+
+
+def test_report_shows_neither_as_its_own_group_and_the_pets_nearest_the_pet_threshold(neither_run, tmp_path):
+    photos, labels = neither_run
+    result = write_report(labels, str(photos), tmp_path / "r.html", ReportOptions())
+    assert (result.rows, result.neither, result.unreadable) == (18, 6, 0)
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    tags = parse(page)
+    assert '<tr data-label="neither"><td>neither</td><td class="n" data-count="6">6</td>' in page
+    assert '<h3 data-label="neither">neither: 6 of 6, sorted by path</h3>' in page
+    assert 'id="pet-threshold">0.3000' in page and "pet threshold 0.300" in page  # in provenance and on the pet_score histogram
+    nearest = page.split('<section id="pet-nearest">')[1].split("</section>")[0]
+    shown = [a["alt"] for t, a in parse(nearest).tags if t == "img"]
+    # car5 (0.22 + 0.05 - 0.05 = 0.22) is nearest 0.3, then the other cars from 0.05 up and dogs from 0.75 down.
+    # car5 (pet 0.22) is nearest 0.3, then the other cars (0.05 down to 0.01), the dogs (0.75 up), the cats (0.85 up).
+    cars = ["car5.jpg", HOSTILE, *(f"car{i}.jpg" for i in range(1, 5))]
+    assert shown == cars + [f"dog{i}.jpg" for i in range(5, -1, -1)] + [f"cat{i}.jpg" for i in range(5, -1, -1)]
+    uncertain = page.split('<section id="uncertain">')[1].split("</section>")[0]
+    assert "car" not in uncertain, "the p_dog of a neither row says nothing: it is not among the uncertain"
+    assert HOSTILE not in page.replace(html.escape(HOSTILE), "") and not [t for t, _ in tags.tags if t == "script"]
+    assert 'id="disagreements"' not in page
+
+
+def test_labels_that_disagree_with_the_pet_threshold_are_counted(neither_run, tmp_path):
+    photos, labels = neither_run
+    summary = summarize_labels(labels, Selection(0.5, 4, 4, positive="dog", pet_threshold=0.5, n_pet=4))
+    assert summary.disagreements == 0  # the cars are still below it, the cats and dogs above
+    summary = summarize_labels(labels, Selection(0.5, 4, 4, positive="dog", pet_threshold=0.85, n_pet=4))
+    assert summary.disagreements == 6  # the dogs (pet 0.75-0.8) would be neither; the cats (0.85-0.9) stay
+
+
+def test_a_five_column_csv_from_before_neither_still_opens_in_report(small_run, tmp_path):
+    photos, labels = small_run
+    with open(labels, newline="", encoding="utf-8") as fh:
+        rows = [row[:3] + row[4:] for row in csv.reader(fh)]
+    with open(labels, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\r\n").writerows(rows)
+    assert rows[0] == ["path", "label", "p_dog", "status", "error"]
+    result = catdog("report", labels, "--images", photos, "--out", tmp_path / "r.html")
+    assert "report of 8 rows (6 ok, 2 error)" in result.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert 'id="legacy"' in page and 'id="pet-histogram"' not in page
+
+
+def test_undecodable_and_escape_like_names_each_show_their_own_picture(tiny_bundle, tmp_path):
+    """`a\\xffb.jpg` (a real 0xff byte) and `a\\udcffb.jpg` (that text) are two files with two pictures, and a
+    Latin-1 name is found."""
+    photos = tmp_path / "photos"
+    names = {b"a\xffb.jpg": (200, 40, 40), b"a\\udcffb.jpg": (40, 40, 200), b"caf\xe9.jpg": (40, 200, 40)}
+    for name, color in names.items():
+        make_image(photos / os.fsdecode(name), color=color, size=(40, 40))
+    labels = tmp_path / "labels.csv"
+    catdog("predict-folder", photos, "--model", tiny_bundle, "--out", labels)
+    result = catdog("report", labels, "--images", photos, "--out", tmp_path / "r.html")
+    assert "3 images shown" in result.stderr and "unreadable" not in result.stderr
+    images = {a["alt"]: a["src"] for t, a in parse((tmp_path / "r.html").read_text(encoding="utf-8")).tags if t == "img"}
+    assert set(images) == {"a\\xffb.jpg", "a\\\\udcffb.jpg", "caf\\xe9.jpg"}
+    assert len(set(images.values())) == 3, "each file shows its own picture"

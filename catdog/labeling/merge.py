@@ -28,7 +28,7 @@ from pathlib import Path
 from catdog.errors import CatdogError
 from catdog.fsutil import atomic_path
 from catdog.labeling.jobrecord import JobRecord, catdog_version, file_sha256, job_record_path, now_utc, read_job_record, write_job_record
-from catdog.labeling.labels import COLUMNS, csv_writer, open_csv
+from catdog.labeling.labels import COLUMNS, Decision, csv_writer, open_csv
 from catdog.labeling.reading import LabelsReader, check_new_output
 from catdog.labeling.sources import shard_of
 
@@ -73,13 +73,21 @@ Item = tuple[str, int, list[str]]  # (sort key, shard index, the row's fields)
 
 
 def _stream(shard: _Shard, index: int) -> Iterator[Item]:
-    """The shard's rows, checked (see `LabelsReader`); at the end, the row count and sha256 its record states."""
+    """The shard's rows, checked (see `LabelsReader`), each ok row's label the one its printed scores give at the
+    record's thresholds; at the end, the row count and sha256 its record states."""
+    record = shard.record
+    decision = Decision(("cat", "dog"), record.threshold, record.pet_threshold if record.neither else None)
     with LabelsReader(shard.csv, "shard CSV") as reader:
         if reader.legacy:
             raise CatdogError(f"{shard.csv} was written by an older catdog (five columns, no pet_score): relabel it with this catdog")
-        for fields in reader.fields():
+        for path, label, p_dog, pet_score, status, error in reader.fields():
+            if status == "ok" and decision.label(p_dog, pet_score) != label:
+                raise CatdogError(
+                    f"{shard.csv}: line {reader.line_num}: label {label!r} does not follow from p_dog {p_dog} and pet_score "
+                    f"{pet_score or 'none'} at the thresholds in {job_record_path(shard.csv).name}: changed since its run"
+                )
             shard.rows += 1
-            yield fields[0], index, fields
+            yield path, index, [path, label, p_dog, pet_score, status, error]
         _check_content(shard, reader.sha256)
 
 

@@ -320,7 +320,7 @@ class S3Source:
         except Exception as exc:  # noqa: BLE001 - botocore, aiohttp: the object's or the store's fault, told apart
             error = _s3_error(exc)
             code = error.get("Code")
-            if code in ("NoSuchKey", "NotFound"):
+            if code in ("NoSuchKey", "NotFound", "404"):  # "404": a GET answered without an error body
                 raise FileNotFoundError(errno.ENOENT, "file not found") from None
             if code == "AccessDenied":
                 raise PermissionError(errno.EACCES, "permission denied") from None
