@@ -140,8 +140,9 @@ def test_an_object_that_is_no_image_is_a_type_error(tiny_bundle):
 
 def test_thresholds_override_the_bundles_like_the_cli_options(photos, tiny_bundle, tmp_path):
     names = ["plain.jpg", "alpha.png", "anim.gif"]
-    assert {p.label for p in catdog.load(tiny_bundle, threshold=0.000001).classify([photos / n for n in names])} == {"dog"}
-    assert {p.label for p in catdog.load(tiny_bundle, threshold=0.999999).classify([photos / n for n in names])} == {"cat"}
+    for threshold, label in ((0.000001, "dog"), (0.999999, "cat")):
+        labeler = catdog.load(tiny_bundle, threshold=threshold, neither=False)
+        assert {p.label for p in labeler.classify([photos / n for n in names])} == {label}
     run_catdog("predict-folder", photos, "--model", tiny_bundle, "--out", tmp_path / "t.csv", "--threshold", "0.3", "--no-neither")
     rows = {r["path"]: r for r in read_rows(tmp_path / "t.csv")}
     labeler = catdog.load(tiny_bundle, threshold=0.3, neither=False)
@@ -149,6 +150,28 @@ def test_thresholds_override_the_bundles_like_the_cli_options(photos, tiny_bundl
     assert labeler.decision.threshold == 0.3 and "threshold=0.3" in repr(labeler)
     with pytest.raises(CatdogError, match="invalid threshold 2"):
         catdog.load(tiny_bundle, threshold=2)
+    if catdog.load(tiny_bundle).meta.pet_threshold is None:  # a bundle from before the pet score
+        with pytest.raises(CatdogError, match="no pet score"):
+            catdog.load(tiny_bundle, pet_threshold=0.5)
+    else:
+        run_catdog("predict-folder", photos, "--model", tiny_bundle, "--out", tmp_path / "p.csv", "--pet-threshold", "0.5")
+        rows = {r["path"]: r for r in read_rows(tmp_path / "p.csv")}
+        got = catdog.load(tiny_bundle, pet_threshold=0.5).classify([photos / n for n in names])
+        assert [as_row(p) for p in got] == [expected(rows[n]) for n in names]
+
+
+def test_real_photos_give_the_csv_rows_as_paths_bytes_and_opened_pil_images(real_photos, tiny_bundle, tmp_path):
+    """Real JPEGs (500 px, decoded DCT-scaled toward the model's size), EXIF and all, and the broken files beside them."""
+    out = tmp_path / "real.csv"
+    run_catdog("predict-folder", real_photos, "--model", tiny_bundle, "--out", out)
+    rows = read_rows(out)
+    labeler = catdog.load(tiny_bundle)
+    paths = [real_photos / row["path"] for row in rows]
+    assert [as_row(p) for p in labeler.classify(paths)] == [expected(r) for r in rows]
+    assert [as_row(p) for p in labeler.classify([p.read_bytes() for p in paths])] == [expected(r) for r in rows]
+    opened = [(Image.open(p), r) for p, r in zip(paths, rows) if r["status"] == "ok"]
+    assert len(opened) > 40
+    assert [as_row(labeler.classify(im)) for im, _ in opened] == [expected(r) for _, r in opened]
 
 
 @pytest.mark.parametrize("setup, message", [
