@@ -153,3 +153,36 @@ def test_import_catdog_and_help_load_neither_ray_nor_tensorflow():
     assert result.returncode == 0
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert not {"ray", "tensorflow"} & imported
+
+
+KILL_AFTER_BLOCKS = """
+import os, runpy, signal, sys
+import catdog.labeling.labels as labels
+
+left = int(os.environ["CATDOG_TEST_KILL_AFTER_BLOCKS"])
+write_block = labels.LabelsCSV.write_block
+
+def write_then_die(self, *args):
+    global left
+    write_block(self, *args)
+    left -= 1
+    if left == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+labels.LabelsCSV.write_block = write_then_die
+sys.argv = ["catdog", *sys.argv[1:]]
+runpy.run_module("catdog", run_name="__main__")
+"""
+
+
+def test_a_ray_run_killed_between_blocks_resumes_to_the_same_csv(ray_address, real_photos, tiny_bundle, local_csv, tmp_path):
+    """SIGKILL the driver right after it appended its third block (46 files in blocks of 2): --resume finishes the CSV."""
+    out = tmp_path / "labels.csv"
+    args = ["predict-folder", str(real_photos), "--model", str(tiny_bundle), "--out", str(out), "--batch-size", "2",
+            "--engine", "ray", "--ray-address", ray_address.address]
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_BLOCKS, *args], env={**ray_env(), "CATDOG_TEST_KILL_AFTER_BLOCKS": "3"},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not out.exists() and out.with_name(out.name + ".partial").exists()
+    catdog(*args, "--resume", env=ray_env(), timeout=300)
+    assert out.read_bytes() == local_csv.read_bytes()

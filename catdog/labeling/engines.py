@@ -3,7 +3,7 @@ every engine shares. The Ray engine (catdog.labeling.ray_engine) runs the same `
 
 An engine takes a source and a listing and yields, in listing order, batches of `Scored` rows
 (`catdog.labeling.labels.Scored`): (rel, p_dog, pet_score, None) for an image, (rel, None, None, reason) for a file
-that could not be used.
+that could not be used; or `Block`s, rows its workers already formatted with `format_rows` (the Ray engine).
 """
 
 from __future__ import annotations
@@ -13,18 +13,31 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 
 from catdog.cpus import usable_cpus
 from catdog.images import ImageError, describe_error, load_image
-from catdog.labeling.labels import Scored
+from catdog.labeling.labels import RowCounts, Scored
 from catdog.labeling.runtime import Predictor
 from catdog.labeling.sources import Listing, Source
 
 Decoded = np.ndarray | str
 
 LARGE_DECODE_PIXELS = 16_000_000
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows `start` .. `start + rows - 1` of the listing as `format_rows` wrote them: what `LabelsCSV.write_block`
+    appends, handed back as one object instead of one per row."""
+
+    start: int
+    rows: int
+    data: bytes
+    counts: RowCounts
+    last: str | None  # the path of the block's last row
 
 
 def large_decode_gate() -> Callable[[int], AbstractContextManager]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catdog.errors import CatdogError, redact_url
+from catdog.labeling.engines import Block
 from catdog.labeling.labels import Decision, LabelsCSV, check_out_path, check_output, own_files, progress_path, resume_hint, run_lock
 from catdog.progress import progress_bar
 from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
@@ -123,9 +124,13 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
         if labels.resume_after is not None:
             listing = listing.only([rel for rel in listing.paths if rel > labels.resume_after])
         with labels, progress_bar(f"label {redact_url(source.describe())}", len(listing)) as advance:
-            for batch in _engine(source, listing, predictor, options):
-                labels.write(batch)
-                advance(len(batch))
+            for batch in _engine(source, listing, predictor, options, decision):
+                if isinstance(batch, Block):  # rows the engine's workers formatted already
+                    labels.write_block(batch.data, batch.counts, batch.last)
+                    advance(batch.rows)
+                else:
+                    labels.write(batch)
+                    advance(len(batch))
             labels.finish(_job_recorder(source, options, decision, predictor.meta, model, labels, whole))
     return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(listing),
                    None if decision.pet_threshold is None else labels.counts.neither, labels.discarded)
@@ -145,11 +150,11 @@ def decision_for(meta: ModelMeta, options: PredictOptions) -> Decision:
     return Decision(meta.classes, threshold, pet_threshold if options.neither else None)
 
 
-def _engine(source: Source, listing: Listing, predictor: Predictor, options: PredictOptions):
+def _engine(source: Source, listing: Listing, predictor: Predictor, options: PredictOptions, decision: Decision):
     if options.engine == "ray":
         from catdog.labeling.ray_engine import score_ray
 
-        return score_ray(source, listing, options)
+        return score_ray(source, listing, options, decision)
     from catdog.labeling.engines import score_local
 
     return score_local(source, listing, predictor, options.batch_size, options.workers, options.max_pixels)

@@ -1,10 +1,15 @@
-"""The Ray engine: the driver's listing is handed to Ray Data, scored by an actor pool, and read back in order.
+"""The Ray engine: the driver's listing is handed to Ray Data in blocks, each block is scored and formatted by an
+actor, and the driver checks the blocks and appends their bytes to the CSV in order.
 
-Each actor loads the bundle once (shipped through the object store, so nodes need no copy of it), decodes
-with `catdog.labeling.engines.decode` (the same `load_image` as training) on as many threads as the CPUs Ray gives
-it, and returns, for every input row, its index, p_dog or its one-line reason. The driver checks that the
-indices come back complete and in order before any row reaches the CSV, so a run never writes a CSV with
-missing rows. `ray.data.read_images` is not used: one corrupt file would fail or drop its whole block.
+Each actor loads the bundle once (shipped through the object store, so nodes need no copy of it) and labels a
+block of up to BLOCK_ROWS files with the local engine's own loop (`score_local`: `decode`, the same `load_image`
+as training, on as many threads as the CPUs Ray gives it, then model calls of `--batch-size` images), formats
+the rows with `format_rows` (the one way a row is written) and hands back ONE object per block: its first index,
+row count, CSV bytes, counts and last path. So the driver handles a few objects per second instead of one
+Python object per row. It refuses a block that does not start where the previous one ended or whose last path
+is not the listing's (a block come back twice, out of order or for other files) before any of it reaches the
+CSV, so a run never writes a CSV with missing, doubled or misplaced rows. `ray.data.read_images` is not used:
+one corrupt file would fail or drop its whole block.
 """
 
 from __future__ import annotations
@@ -13,26 +18,29 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from catdog.cpus import usable_cpus
-from catdog.labeling.engines import decode, score_batch
-from catdog.labeling.labels import Scored
 from catdog.errors import CatdogError
+from catdog.labeling.engines import Block, score_local
+from catdog.labeling.labels import Decision, RowCounts, Scored, format_rows
 from catdog.logs import is_verbose, native_stderr_filtered_live
 from catdog.labeling.runtime import resolve_model_file
 from catdog.labeling.sources import Listing, LocalSource, Source
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from catdog.labeling.predict import PredictOptions
 
-RETRIES = 4  # restarts of a dead actor, and reruns of a batch it was running
-BLOCKS_PER_BATCH = 4
-ACTOR_WAIT_S = 600  # how long the actor pool may wait for CPUs before the run fails (Ray's default: for ever)  # rows per Ray block = batch size x this: small enough to spread, large enough to be cheap
+RETRIES = 4  # restarts of a dead actor, and reruns of a block it was running
+ACTOR_WAIT_S = 600  # how long the actor pool may wait for CPUs before the run fails (Ray's default: for ever)
+# Rows per block: large, so the driver handles few objects (it takes ~10 ms per block here), but at least
+# BLOCKS_PER_ACTOR blocks per actor where the listing allows, so no actor is left with a long last block.
+BLOCK_ROWS = 4096
+BLOCKS_PER_ACTOR = 16
 
 
 def require_ray() -> None:
@@ -43,15 +51,69 @@ def require_ray() -> None:
         raise CatdogError('--engine ray needs Ray Data: pip install "catdog[ray]" (or pip install "ray[data]")') from None
 
 
+def block_rows(rows: int, actors: int, batch_size: int) -> int:
+    """Rows per block: a multiple of `batch_size`, at most BLOCK_ROWS (or one batch), and small enough to give
+    each actor BLOCKS_PER_ACTOR blocks when there are that many rows."""
+    wanted = -(-rows // (max(actors, 1) * BLOCKS_PER_ACTOR))
+    wanted = min(max(wanted, batch_size), max(BLOCK_ROWS, batch_size))
+    return -(-wanted // batch_size) * batch_size
+
+
+def pack_block(start: int, scored: Iterable[Scored], decision: Decision) -> pa.Table:
+    """A block's rows as one row of a table: what an actor hands back to the driver."""
+    import pyarrow as pa
+
+    data, counts, last = format_rows(scored, decision)
+    return pa.table({
+        "start": pa.array([start], pa.int64()),
+        "rows": pa.array([counts.ok + counts.error], pa.int64()),
+        "data": pa.array([data], pa.large_binary()),
+        "ok": pa.array([counts.ok], pa.int64()),
+        "error": pa.array([counts.error], pa.int64()),
+        "neither": pa.array([counts.neither], pa.int64()),
+        "last": pa.array([last], pa.string()),
+    })
+
+
+def unpack_blocks(table: pa.Table) -> Iterator[Block]:
+    """The blocks in a table of `pack_block` rows (Ray may hand back several in one)."""
+    columns = table.to_pydict()
+    for start, rows, data, ok, error, neither, last in zip(
+        columns["start"], columns["rows"], columns["data"], columns["ok"], columns["error"], columns["neither"], columns["last"],
+    ):
+        yield Block(start, rows, data, RowCounts(ok, error, neither), last)
+
+
+def checked_blocks(blocks: Iterable[Block], paths: list[str]) -> Iterator[Block]:
+    """`blocks`, each checked before it is passed on: it starts where the previous one ended, holds rows that
+    add up, and ends on the listing's path at that row. A block that comes back twice, out of order or short
+    is refused (a CatdogError, progress kept) and never passed on; so is a run that ends early."""
+    expected = 0
+    for block in blocks:
+        end = block.start + block.rows
+        if block.start != expected or block.rows < 1 or end > len(paths) or block.counts.ok + block.counts.error != block.rows \
+                or block.last != paths[end - 1]:
+            what = "twice" if block.start < expected else "out of order" if block.start > expected else "damaged"
+            raise CatdogError(
+                f"the Ray engine returned rows {block.start}-{end - 1} {what} (row {expected} was due); nothing of it was "
+                "written, progress is kept: rerun with --resume"
+            )
+        expected = end
+        yield block
+    if expected != len(paths):
+        raise CatdogError(f"the Ray engine returned {expected} of {len(paths)} rows; progress is kept: rerun with --resume")
+
+
 class Labeler:
-    """A Ray Data actor: one model, one small decode pool, called with batches of {"i", "rel", "problem"}."""
+    """A Ray Data actor: one model; called with a block of {"i", "rel", "problem"} rows, returns `pack_block`'s
+    one row for it."""
 
-    def __init__(self, source: Source, model_name: str, bundle: list, runtime: str, threads: int, max_pixels: int | None):
-        from concurrent.futures import ThreadPoolExecutor
-
+    def __init__(
+        self, source: Source, model_name: str, bundle: list, runtime: str, threads: int, max_pixels: int | None,
+        batch_size: int, decision: Decision,
+    ):
         import ray
 
-        from catdog.labeling.engines import large_decode_gate
         from catdog.labeling.runtime import load_predictor
 
         model_bytes, meta_bytes = ray.get(bundle[0])  # a reference the driver holds for the whole run
@@ -60,23 +122,18 @@ class Labeler:
             (folder / model_name).write_bytes(model_bytes)
             (folder / "meta.json").write_bytes(meta_bytes)
             self.predictor = load_predictor(folder / model_name, runtime, threads=threads)
-        self.source = source
-        self.size = self.predictor.meta.image_size
-        self.max_pixels = self.predictor.meta.max_pixels if max_pixels is None else max_pixels
-        self.pool = ThreadPoolExecutor(max_workers=threads)
-        self.gate = large_decode_gate()
+        self.source, self.threads, self.max_pixels = source, threads, max_pixels
+        self.batch_size, self.decision = batch_size, decision
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rels = [bytes(r).decode("utf-8", "surrogateescape") for r in batch["rel"]]
-        problems = [bytes(p).decode("utf-8", "surrogateescape") or None for p in batch["problem"]]
-        decoded = list(self.pool.map(lambda rp: decode(self.source, rp[0], rp[1], self.size, self.max_pixels, self.gate), zip(rels, problems)))
-        scored = score_batch(rels, decoded, self.predictor)
-        return {
-            "i": np.asarray(batch["i"], dtype=np.int64),
-            "p_dog": np.array([np.nan if p is None else p for _, p, _, _ in scored], dtype=np.float64),
-            "pet": np.array([np.nan if q is None else q for _, _, q, _ in scored], dtype=np.float64),
-            "reason": np.array([(r or "").encode("utf-8", "backslashreplace") for _, _, _, r in scored], dtype=object),
-        }
+    def __call__(self, block: pa.Table) -> pa.Table:
+        indices = block.column("i")
+        start = indices[0].as_py()
+        if indices[len(indices) - 1].as_py() != start + len(indices) - 1:  # Ray Data hands blocks over whole
+            raise CatdogError(f"the Ray engine got a block that is not contiguous at row {start}")
+        rels = block.column("rel").to_pylist()
+        problems = {rel: p.decode("utf-8", "surrogateescape") for rel, p in zip(rels, block.column("problem").to_pylist()) if p}
+        batches = score_local(self.source, Listing(rels, problems), self.predictor, self.batch_size, self.threads, self.max_pixels)
+        return pack_block(start, (row for batch in batches for row in batch), self.decision)
 
 
 def _reason(exc: BaseException) -> str:
@@ -115,25 +172,29 @@ def _connect(address: str | None) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _dataset(listing: Listing, batch_size: int):
+def _dataset(listing: Listing, rows: int):
+    """The listing as a Ray dataset of blocks of `rows` rows (put into the object store one block at a time)."""
     import pyarrow as pa
+    import ray
     import ray.data
 
-    rows = batch_size * BLOCKS_PER_BATCH
     paths, problems = listing.paths, listing.problems
-    tables = []
+    refs = []
     for start in range(0, len(paths), rows):
         chunk = paths[start : start + rows]
-        tables.append(pa.table({
+        troubles = [problems.get(r) for r in chunk] if problems else None
+        refs.append(ray.put(pa.table({
             "i": pa.array(range(start, start + len(chunk)), pa.int64()),
-            "rel": pa.array([r.encode("utf-8", "surrogateescape") for r in chunk], pa.binary()),
-            "problem": pa.array([problems.get(r, "").encode("utf-8", "surrogateescape") for r in chunk], pa.binary()),
-        }))
-    return ray.data.from_arrow(tables)
+            "rel": pa.array(chunk, pa.string()),  # path text is valid UTF-8
+            "problem": pa.array([p and p.encode("utf-8", "surrogateescape") for p in troubles], pa.binary())
+            if troubles else pa.nulls(len(chunk), pa.binary()),
+        })))
+    return ray.data.from_arrow_refs(refs)
 
 
-def score_ray(source: Source, listing: Listing, options: PredictOptions) -> Iterator[list[Scored]]:
-    """Yield batches in listing order, scored on the Ray cluster of `options.ray.address`."""
+def score_ray(source: Source, listing: Listing, options: PredictOptions, decision: Decision) -> Iterator[Block]:
+    """Yield the listing's rows in order as checked `Block`s, scored on the Ray cluster of `options.ray.address`
+    and formatted by the actors under `decision`."""
     if not listing.paths:
         return
     model_file, runtime = resolve_model_file(options.model, options.runtime)
@@ -144,64 +205,61 @@ def score_ray(source: Source, listing: Listing, options: PredictOptions) -> Iter
     with native_stderr_filtered_live(), warnings.catch_warnings():
         if not is_verbose():  # Ray Data's advice to its own developers ("the operator only received 1 input")
             warnings.filterwarnings("ignore", module=r"ray(\.|$)")
-        yield from _score(source, listing, model_file, runtime, options)
+        _connect(options.ray.address)
+        try:
+            import ray
+
+            cpus = options.ray.cpus_per_actor
+            largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+            if cpus > largest:  # Ray would wait for such a node for ever, saying nothing
+                raise CatdogError(f"--ray-cpus-per-actor {cpus}: no node of the cluster has that many CPUs (the largest has {largest:g})")
+            actors = options.ray.actors or max(1, int(ray.available_resources().get("CPU", 1) // cpus))
+            # The bundle goes into the object store once; actors get a reference (inside a list, so Ray does not
+            # resolve it for them) that the driver keeps alive, so a restarted actor loads it again.
+            bundle = ray.put((model_file.read_bytes(), (model_file.parent / "meta.json").read_bytes()))
+            yield from run_blocks(listing, Labeler, {
+                "source": source, "model_name": model_file.name, "bundle": [bundle], "runtime": runtime,
+                "threads": cpus, "max_pixels": options.max_pixels, "batch_size": options.batch_size, "decision": decision,
+            }, actors=actors, cpus=cpus, rows=block_rows(len(listing), actors, options.batch_size))
+        finally:
+            ray.shutdown()
 
 
-def _score(source: Source, listing: Listing, model_file: Path, runtime: str, options: PredictOptions) -> Iterator[list[Scored]]:
-    import ray
+def run_blocks(listing: Listing, actor: type, kwargs: dict, actors: int, cpus: float, rows: int) -> Iterator[Block]:
+    """The listing in blocks of `rows` rows through a fixed pool of `actor(**kwargs)` (each called with one
+    block, returning `pack_block`'s row), yielded as checked `Block`s in listing order. Ray must be connected."""
     import ray.data
 
-    _connect(options.ray.address)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    context.wait_for_min_actors_s = ACTOR_WAIT_S
+    with warnings.catch_warnings():  # Ray 2.60 deprecates actor options as keywords; nothing replaces them yet
+        warnings.simplefilter("ignore", DeprecationWarning)
+        out = _dataset(listing, rows).map_batches(
+            actor,
+            fn_constructor_kwargs=kwargs,
+            batch_size=rows,  # one call per block; the actor makes model calls of --batch-size itself
+            batch_format="pyarrow",
+            zero_copy_batch=True,
+            num_cpus=cpus,
+            # All actors start at once (growing the pool one actor at a time costs seconds per actor), each
+            # with one block queued behind the one it runs, so no actor is left holding several at the end.
+            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
+            # A worker process that dies is replaced and its block run again, a bounded number of times
+            # (Ray Data's default is forever: a file that crashes its decoder would hang the run).
+            max_restarts=RETRIES,
+            max_task_retries=RETRIES,
+        )
+    done = 0
     try:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False
-        cpus = options.ray.cpus_per_actor
-        largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
-        if cpus > largest:  # Ray would wait for such a node for ever, saying nothing
-            raise CatdogError(f"--ray-cpus-per-actor {cpus}: no node of the cluster has that many CPUs (the largest has {largest:g})")
-        actors = options.ray.actors or max(1, int(ray.available_resources().get("CPU", 1) // cpus))
-        context.wait_for_min_actors_s = ACTOR_WAIT_S
-        bundle = ray.put((model_file.read_bytes(), (model_file.parent / "meta.json").read_bytes()))
-        with warnings.catch_warnings():  # Ray 2.60 deprecates actor options as keywords; nothing replaces them yet
-            warnings.simplefilter("ignore", DeprecationWarning)
-            scored = _dataset(listing, options.batch_size).map_batches(
-                Labeler,
-                # The bundle goes into the object store once; actors get a reference (inside a list, so Ray
-                # does not resolve it for them) that the driver keeps alive, so a restarted actor loads it again.
-                fn_constructor_kwargs={
-                    "source": source, "model_name": model_file.name, "bundle": [bundle], "runtime": runtime,
-                    "threads": cpus, "max_pixels": options.max_pixels,
-                },
-                batch_size=options.batch_size,
-                batch_format="numpy",
-                zero_copy_batch=True,
-                num_cpus=cpus,
-                # All actors start at once: growing the pool one actor at a time costs seconds per actor.
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                # A worker process that dies is replaced and its batch run again, a bounded number of times
-                # (Ray Data's default is forever: a file that crashes its decoder would hang the run).
-                max_restarts=RETRIES,
-                max_task_retries=RETRIES,
-            )
-        expected = 0
-        try:
-            for out in scored.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                indices = out["i"]
-                if len(indices) and not np.array_equal(indices, np.arange(expected, expected + len(indices))):
-                    raise CatdogError(f"the Ray engine returned rows out of order at row {expected}; progress is kept: rerun with --resume")
-                rows = []
-                for i, p, q, reason in zip(indices, out["p_dog"], out["pet"], out["reason"]):
-                    text = bytes(reason).decode("utf-8")
-                    pet = None if np.isnan(q) else float(q)
-                    rows.append((listing.paths[i], None, None, text) if text else (listing.paths[i], float(p), pet, None))
-                expected += len(indices)
-                yield rows
-        except CatdogError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a task that failed after its retries ends the run, rows kept
-            raise CatdogError(f"the Ray run failed after {expected} rows: {_reason(exc)}; rerun with --resume") from None
-        if expected != len(listing.paths):
-            raise CatdogError(f"the Ray engine returned {expected} of {len(listing.paths)} rows; progress is kept: rerun with --resume")
-    finally:
-        ray.shutdown()
+        for block in checked_blocks(
+            (b for table in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2) for b in unpack_blocks(table)),
+            listing.paths,
+        ):
+            yield block
+            done = block.start + block.rows
+    except CatdogError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a task that failed after its retries ends the run, rows kept
+        raise CatdogError(f"the Ray run failed after {done} rows: {_reason(exc)}; rerun with --resume") from None
