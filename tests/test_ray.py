@@ -3,6 +3,7 @@ the same CSV as the local engine, and a killed worker process never costs a row.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -159,14 +160,17 @@ KILL_AFTER_BLOCKS = """
 import os, runpy, signal, sys
 import catdog.labeling.labels as labels
 
-left = int(os.environ["CATDOG_TEST_KILL_AFTER_BLOCKS"])
+saved, killed = (int(n) for n in os.environ["CATDOG_TEST_KILL_AFTER_BLOCKS"].split(","))
 write_block = labels.LabelsCSV.write_block
+blocks = 0
 
 def write_then_die(self, *args):
-    global left
+    global blocks
     write_block(self, *args)
-    left -= 1
-    if left == 0:
+    blocks += 1
+    if blocks == saved:  # as if a second had passed: the progress is saved here
+        self.save()
+    if blocks == killed:
         os.kill(os.getpid(), signal.SIGKILL)
 
 labels.LabelsCSV.write_block = write_then_die
@@ -176,13 +180,17 @@ runpy.run_module("catdog", run_name="__main__")
 
 
 def test_a_ray_run_killed_between_blocks_resumes_to_the_same_csv(ray_address, real_photos, tiny_bundle, local_csv, tmp_path):
-    """SIGKILL the driver right after it appended its third block (46 files in blocks of 2): --resume finishes the CSV."""
+    """46 files in blocks of 2: the progress is saved after the third block, the driver SIGKILLed right after the
+    fifth (two blocks written but not yet saved); --resume redoes those two and finishes the same CSV."""
     out = tmp_path / "labels.csv"
     args = ["predict-folder", str(real_photos), "--model", str(tiny_bundle), "--out", str(out), "--batch-size", "2",
             "--engine", "ray", "--ray-address", ray_address.address]
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_BLOCKS, *args], env={**ray_env(), "CATDOG_TEST_KILL_AFTER_BLOCKS": "3"},
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_BLOCKS, *args], env={**ray_env(), "CATDOG_TEST_KILL_AFTER_BLOCKS": "3,5"},
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert not out.exists() and out.with_name(out.name + ".partial").exists()
+    assert not out.exists()
+    progress = json.loads(out.with_name(out.name + ".progress.json").read_text())
+    assert progress["ok"] + progress["error"] == 6
+    assert out.with_name(out.name + ".partial").read_bytes().count(b"\r\n") == 1 + 10
     catdog(*args, "--resume", env=ray_env(), timeout=300)
     assert out.read_bytes() == local_csv.read_bytes()
