@@ -335,3 +335,32 @@ def test_a_list_is_scored_in_batches_and_threads_may_share_a_labeler(photos, csv
     with ThreadPoolExecutor(4) as pool:
         shared = list(pool.map(lambda n: labeler.classify(photos / n), names * 3))
     assert [as_row(p) for p in shared] == [expected(csv_rows[n]) for n in names * 3]
+
+
+class WithPetScore:
+    """The tiny model as a bundle with a pet score would be: a pet_score spread over 0-1 (the digits of p_dog),
+    pet_threshold 0.5."""
+
+    def __init__(self, inner):
+        from dataclasses import replace
+
+        self.inner, self.runtime, self.meta = inner, inner.runtime, replace(inner.meta, pet_threshold=0.5)
+
+    def predict(self, images):
+        p_dog, _ = self.inner.predict(images)
+        return p_dog, (p_dog * 1000) % 1.0
+
+
+def test_pet_scores_and_neither_come_out_as_the_csv_writes_them(photos, tiny_bundle, tmp_path):
+    from catdog.labeling.predict import PredictOptions, decision_for, predict
+    from catdog.labeling.runtime import load_predictor
+
+    model = WithPetScore(load_predictor(tiny_bundle))
+    options = PredictOptions(str(photos), tiny_bundle, tmp_path / "pet.csv", threshold=0.45)
+    predict(options, predictor=model)
+    rows = read_rows(tmp_path / "pet.csv")
+    labeler = catdog.Labeler(model, decision_for(model.meta, options))
+    got = labeler.classify([photos / r["path"] for r in rows])
+    assert [as_row(p) for p in got] == [expected(r) for r in rows]
+    labels = [p.label for p in got if p.ok]
+    assert "neither" in labels and set(labels) - {"neither"} and all(p.pet_score is not None for p in got if p.ok)
