@@ -527,3 +527,34 @@ def test_merge_refuses_a_five_column_csv_from_before_neither_saying_to_relabel(j
     record = read_job_record(shards[2])
     write_job_record(shards[2], dataclasses.replace(record, csv_sha256=hashlib.sha256(shards[2].read_bytes()).hexdigest()))
     assert_refused(merge(tmp_path / "out.csv", *shards), f"{shards[2]} was written by an older catdog (five columns, no pet_score): relabel it")
+
+
+UNREADABLE = """
+import builtins, errno, os, sys
+target = sys.argv[1]
+real_open, real_os_open = builtins.open, os.open
+
+def denied(path):
+    if str(path) == target:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+builtins.open = lambda file, *a, **k: denied(file) or real_open(file, *a, **k)
+os.open = lambda path, *a, **k: denied(path) or real_os_open(path, *a, **k)
+from catdog.cli import main
+sys.argv = ["catdog", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("which", ["csv", "record"])
+def test_an_unreadable_input_is_a_one_line_error(which, job, tmp_path):
+    """As a user without read permission sees it (simulated: the tests may run as root, who reads anything)."""
+    shards = copy_shards(job, tmp_path)
+    target = shards[1] if which == "csv" else job_record_path(shards[1])
+    result = run([sys.executable, "-c", UNREADABLE, str(target), "merge-labels", str(tmp_path / "out.csv"), *map(str, shards)], check=False)
+    assert_refused(result, f"cannot read {'shard CSV' if which == 'csv' else 'job record'} {target}: Permission denied")
+    result = run([sys.executable, "-c", UNREADABLE, str(target), "report", str(shards[1]), "--images", str(tmp_path), "--out", str(tmp_path / "r.html")], check=False)
+    if which == "csv":
+        assert_refused(result, f"cannot read labels CSV {target}: Permission denied")
+    else:  # a record the report cannot read is ignored
+        assert result.returncode == 0, result.stderr
