@@ -303,3 +303,25 @@ def test_a_literal_escape_in_a_name_and_an_undecodable_byte_get_different_rows(t
     assert sorted(paths) == paths and len(set(paths)) == 3
     assert set(paths) == {"lit\\\\udcffb.jpg", "lit\\xffb.jpg", "caf\\xe9.jpg"}
     assert all(row["status"] == "ok" for row in read_rows(out))  # every one found again by its text
+
+
+def test_shards_of_names_holding_a_literal_escape_or_an_undecodable_byte_merge_into_the_unsharded_csv(tmp_path, tiny_bundle):
+    """Each name's text shards the same way in predict-folder and in merge-labels (no 'belongs to shard 1/2')."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "blue").save(image, "JPEG")
+    for raw in (b"lit\\udcffb.jpg", b"lit\xffb.jpg", b"back\\slash.jpg", b"x\\xffy.jpg", b"plain.jpg"):
+        (root / os.fsdecode(raw)).write_bytes(image.getvalue())
+    catdog("predict-folder", root, "--model", tiny_bundle, "--out", tmp_path / "all.csv")
+    for only in (None, b"lit\\udcffb.jpg"):
+        if only is not None:  # the issue's case: a folder holding only the literal name
+            for path in root.iterdir():
+                if os.fsencode(path.name) != only:
+                    path.unlink()
+            catdog("predict-folder", root, "--model", tiny_bundle, "--out", tmp_path / "all.csv", "--overwrite")
+        shards = [tmp_path / f"s{k}.csv" for k in range(2)]
+        for k, shard in enumerate(shards):
+            catdog("predict-folder", root, "--model", tiny_bundle, "--out", shard, "--shard", f"{k}/2", "--overwrite")
+        catdog("merge-labels", tmp_path / "merged.csv", *shards, "--overwrite")
+        assert (tmp_path / "merged.csv").read_bytes() == (tmp_path / "all.csv").read_bytes()
