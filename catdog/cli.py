@@ -184,7 +184,11 @@ def report(
     )
     result = write_report(labels, images, out, options)
     unreadable = f", {result.unreadable} of them unreadable now" if result.unreadable else ""
-    _say(f"report of {result.rows} rows ({result.ok} ok, {result.error} error), {result.shown} images shown{unreadable} -> {result.out}")
+    neither = f"; {result.neither} of the ok neither a cat nor a dog" if result.neither else ""
+    _say(
+        f"report of {result.rows} rows ({result.ok} ok, {result.error} error{neither}), {result.shown} images shown{unreadable} "
+        f"-> {result.out}"
+    )
 
 
 @app.command("merge-labels")

@@ -703,6 +703,8 @@ def test_report_shows_neither_as_its_own_group_and_the_pets_nearest_the_pet_thre
     assert "car" not in uncertain, "the p_dog of a neither row says nothing: it is not among the uncertain"
     assert HOSTILE not in page.replace(html.escape(HOSTILE), "") and not [t for t, _ in tags.tags if t == "script"]
     assert 'id="disagreements"' not in page
+    done = catdog("report", labels, "--images", photos, "--out", tmp_path / "cli.html")
+    assert "report of 18 rows (18 ok, 0 error; 6 of the ok neither a cat nor a dog), 18 images shown" in done.stderr
 
 
 def test_labels_that_disagree_with_the_pet_threshold_are_counted(neither_run, tmp_path):

@@ -210,7 +210,7 @@ def merge_labels(options: MergeOptions) -> MergeSummary:
         raise CatdogError(f"{out} is one of the shard CSVs; write the merged CSV to a new file")
     shards = [_Shard(path, read_job_record(path)) for path in options.shards]
     n = _check_job(shards)
-    width = max(2, open_files_budget())
+    width = max(3, open_files_budget())  # at least two inputs and a round's output per pass
     ok = error = 0
     rounds = 1
     with ExitStack() as stack:

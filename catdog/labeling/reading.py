@@ -93,7 +93,11 @@ class LabelsReader:
         self._text = io.TextIOWrapper(io.BufferedReader(self._hashing, 1 << 20), encoding="utf-8-sig", newline="")
         self._used = 0
         self._reader = csv.reader(self._lines())
-        self.header = self._read_header()
+        try:
+            self.header = self._read_header()
+        except BaseException:
+            self.close()
+            raise
 
     def _lines(self) -> Iterator[str]:
         readline, limit = self._text.readline, MAX_ROW_CHARS
