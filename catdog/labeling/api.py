@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import io
 import os
+import sys
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -194,7 +195,8 @@ class Labeler:
 
 
 def _is_array(item: Any) -> bool:
-    return type(item).__module__ == "numpy" and type(item).__name__ == "ndarray"  # without importing NumPy first
+    numpy = sys.modules.get("numpy")  # an array exists only once NumPy is imported: no need to import it here
+    return numpy is not None and isinstance(item, numpy.ndarray)
 
 
 def _supported(item: Any) -> bool:
