@@ -294,3 +294,45 @@ def test_credentials_in_the_endpoint_are_refused_and_query_strings_never_echoed(
         result = catdog("predict-folder", source, "--model", tiny_bundle, "--out", tmp_path / "l.csv",
                         "--s3-endpoint-url", endpoint, env=s3_env(tmp_path), check=False, timeout=120)
         assert result.returncode == 1 and result.stderr.startswith("error: ") and "SECRET" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("concurrency", [1, 4, 1000])
+def test_a_prefix_listed_by_its_sub_prefixes_concurrently_gives_every_key_once_sorted(s3, tmp_path, monkeypatch, concurrency):
+    """Keys at the top, 1,200 in one folder (two pages), deep, under "//", markers, odd characters: the listing is
+    the same sorted text whatever the concurrency (1: one listing, as before; 4: sub-prefixes of the first
+    level; 1000: two levels looked for), and never more requests in flight than allowed."""
+    from moto.backends import get_backend
+
+    from catdog.labeling import sources
+
+    url, _ = s3
+    for key, value in s3_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    backend = get_backend("s3")["123456789012"]["global"]
+    keys = {f"tree/top-{i}.jpg": b"x" for i in range(5)}
+    keys |= {f"tree/a/{i:04d}.jpg": b"x" for i in range(1200)}
+    keys |= {f"tree/s{j:02d}/{k}.jpg": b"x" for j in range(40) for k in range(3)}
+    keys |= {"tree/b/c/d/deep.jpg": b"x", "tree/b//x.jpg": b"x", "tree/e/": b"", "tree/f/": b"content", "tree/g/ü é.jpg": b"x",
+             "tree/h\\x.jpg": b"x", "tree/h/i.jpg": b"x", "tree-other/x.jpg": b"x"}
+    for key, body in keys.items():  # straight into the in-process server's store: fast
+        backend.put_object(BUCKET, key, body)
+    expected = sorted(sources.path_text(k[5:]) for k, body in keys.items() if k.startswith("tree/") and (body or not k.endswith("/")))
+
+    source = sources.open_source(f"s3://{BUCKET}/tree", url)
+    fs = source._fs()
+    call, in_flight, most = fs._call_s3, [0], [0]
+
+    async def counted(*args, **kwargs):
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        try:
+            return await call(*args, **kwargs)
+        finally:
+            in_flight[0] -= 1
+
+    monkeypatch.setattr(fs, "_call_s3", counted)
+    monkeypatch.setattr(sources, "LIST_CONCURRENCY", concurrency)
+    listing = source.list()
+    assert listing.paths == expected and len(expected) == 1200 + 120 + 5 + 6
+    assert listing.problems == {"f/": "object key ends with '/' (not a file name)"}
+    assert 1 <= most[0] <= concurrency and (concurrency == 1 or most[0] > 1)

@@ -216,6 +216,8 @@ class LocalSource:
 
 
 MAX_OBJECT_BYTES = 128 * 2**20  # an S3 object is read whole before decoding; larger ones are error rows
+LIST_CONCURRENCY = 32  # list requests in flight while a prefix is listed by its sub-prefixes
+LIST_DISCOVERY_LEVELS = 2  # how deep sub-prefixes are looked for (each level costs a round of requests)
 
 # The S3 error codes that are about one object: its row says so and the run goes on. Every other failure
 # (InvalidAccessKeyId, ExpiredToken, SignatureDoesNotMatch, RequestTimeTooSkewed, a vanished bucket, the
@@ -336,27 +338,69 @@ class S3Source:
             raise ImageError(_too_large(got))
         return got
 
-    def _pages(self, recursive: bool) -> Iterator[list[dict]]:
+    def _walk(self, recursive: bool, take: Callable[[list[dict]], None]) -> None:
+        """Every key under the prefix into `take`, a page (up to 1,000 objects) at a time, in no set order.
+        Recursive: the sub-prefixes ("folders") are found with Delimiter "/", down to where there are enough
+        to keep LIST_CONCURRENCY requests busy (at most LIST_DISCOVERY_LEVELS levels), and listed concurrently,
+        at most LIST_CONCURRENCY requests in flight, so ten million keys are not 10,000 requests one after
+        another. Memory: the pages in flight, each handed to `take` as it arrives."""
+        import asyncio
+
+        import fsspec.asyn
+
         fs = self._fs()
-        args = {"Bucket": self.bucket, "Prefix": self.prefix, **({} if recursive else {"Delimiter": "/"})}
-        while True:
+
+        async def listed(prefix: str, delimiter: bool, gate: asyncio.Semaphore) -> list[str]:
+            """Every page of one listing into `take`; the sub-prefixes it found (with `delimiter`)."""
+            args = {"Bucket": self.bucket, "Prefix": prefix, **({"Delimiter": "/"} if delimiter else {})}
+            found = []
+            while True:
+                try:
+                    async with gate:
+                        page = await fs._call_s3("list_objects_v2", **args)
+                    more = page.get("IsTruncated") and page["NextContinuationToken"]
+                except Exception as exc:  # noqa: BLE001 - any failure here means the source cannot be listed
+                    raise CatdogError(f"cannot list {redact_url(self.describe())}: {_s3_reason(exc)}") from None
+                take(page.get("Contents", []))
+                found += [common["Prefix"] for common in page.get("CommonPrefixes", [])]
+                if not more:
+                    return found
+                args["ContinuationToken"] = more
+
+        async def every(coros) -> list:
+            tasks = [asyncio.ensure_future(c) for c in coros]
             try:
-                page = fs.call_s3("list_objects_v2", **args)
-                more = page.get("IsTruncated") and page["NextContinuationToken"]
-            except Exception as exc:  # noqa: BLE001 - any failure here means the source cannot be listed
-                raise CatdogError(f"cannot list {redact_url(self.describe())}: {_s3_reason(exc)}") from None
-            yield page.get("Contents", [])
-            if not more:
+                return await asyncio.gather(*tasks)
+            except BaseException:  # one listing failed: stop the others before the error goes up
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+
+        async def walk() -> None:
+            gate = asyncio.Semaphore(LIST_CONCURRENCY)
+            if not recursive:
+                await listed(self.prefix, True, gate)
                 return
-            args["ContinuationToken"] = more
+            level = [self.prefix]
+            for _ in range(LIST_DISCOVERY_LEVELS):
+                if len(level) >= LIST_CONCURRENCY:
+                    break
+                # Keys directly at this level arrive with the sub-prefixes; each key is in exactly one listing.
+                level = [sub for subs in await every(listed(prefix, True, gate) for prefix in level) for sub in subs]
+            await every(listed(prefix, False, gate) for prefix in level)
+
+        fsspec.asyn.sync(fs.loop, walk)
 
     def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
-        """Streamed page by page (1,000 keys each): only the relative key texts are kept (and a reason for the
-        rare object that cannot be labeled from its listing alone). Empty keys ending in "/" are folder markers."""
+        """Listed page by page (1,000 keys each, sub-prefixes concurrently: `_walk`): only the relative key texts
+        are kept (and a reason for the rare object that cannot be labeled from its listing alone), sorted as
+        text. Empty keys ending in "/" are folder markers."""
         paths: list[str] = []
         problems: dict[str, str] = {}
         cut = len(self.prefix)
-        for page in self._pages(recursive):
+
+        def take(page: list[dict]) -> None:
             for obj in page:
                 key, size = obj["Key"], obj.get("Size", 0)
                 if key.endswith("/") and not size:
@@ -367,6 +411,8 @@ class S3Source:
                     problems[rel] = "object key ends with '/' (not a file name)"
                 elif size > MAX_OBJECT_BYTES:
                     problems[rel] = _too_large(size)
+
+        self._walk(recursive, take)
         if not paths:
             raise CatdogError(f"no objects found under {redact_url(self.describe())}")
         paths.sort()
