@@ -325,3 +325,30 @@ def test_shards_of_names_holding_a_literal_escape_or_an_undecodable_byte_merge_i
             catdog("predict-folder", root, "--model", tiny_bundle, "--out", shard, "--shard", f"{k}/2", "--overwrite")
         catdog("merge-labels", tmp_path / "merged.csv", *shards, "--overwrite")
         assert (tmp_path / "merged.csv").read_bytes() == (tmp_path / "all.csv").read_bytes()
+
+
+def test_format_rows_writes_exactly_what_the_csv_module_writes_for_every_kind_of_field():
+    import random
+
+    from catdog.labeling.labels import csv_writer, format_rows
+
+    rng = random.Random(7)
+    alphabet = ['a', 'é', '猫', ',', '"', '\r', '\n', ' ', '\t', '\\', "'", '=', '#', '\udcff', '\x00']
+    names = ["plain.jpg", "", " ", '"', '""', ",", "\r\n", "a\rb", "=1+2", "\\xff"] + [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(400)
+    ]
+    for classes in (("cat", "dog"), ("c,at", 'd"og')):
+        decision = Decision(classes, 0.5, 0.3)
+        batch = [
+            (name, rng.random(), rng.choice([None, rng.random()]), rng.choice([None, None, name or "x", 'bad, "quoted"\r\nreason']))
+            for name in names
+        ]
+        text = io.StringIO()
+        writer = csv_writer(text)
+        for rel, p_dog, pet, reason in batch:
+            writer.writerow(format_row(rel, p_dog if reason is None else None, pet if reason is None else None, reason, decision))
+        batch = [(rel, p if r is None else None, q if r is None else None, r) for rel, p, q, r in batch]
+        data, counts, last = format_rows(batch, decision)
+        assert data == text.getvalue().encode("utf-8", "backslashreplace")
+        assert (counts.ok + counts.error, last) == (len(batch), batch[-1][0])
+    assert format_rows([], Decision(("cat", "dog"), 0.5))[0] == b""

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -238,23 +239,34 @@ def format_row(rel: str, p_dog: float | None, pet_score: float | None, reason: s
     return (rel, decision.label(printed, pet), printed, pet, "ok", "")
 
 
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+
+
+def _csv_field(text: str) -> str:
+    """One field as `csv_writer` writes it (QUOTE_MINIMAL: quoted only when it holds a comma, quote, CR or LF)."""
+    return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES.search(text) else text
+
+
 def format_rows(batch: Iterable[Scored], decision: Decision) -> tuple[bytes, RowCounts, str | None]:
     """A batch as CSV bytes (UTF-8, RFC 4180, CRLF), its counts and its last path: the one way a row is written,
-    whichever engine scored it (a Ray actor formats its own block)."""
-    text = io.StringIO()
-    writer = csv_writer(text)
-    counts = RowCounts()
+    whichever engine scored it (a Ray actor formats its own block). The bytes are those `csv_writer` would
+    write for the `format_row` tuples, joined by hand: about three times as fast (tested equal)."""
+    lines = []
+    ok = error = neither = 0
     last = None
+    labels = {label: _csv_field(label) for label in (*decision.classes, NEITHER)}
     for rel, p_dog, pet_score, reason in batch:
-        row = format_row(rel, p_dog, pet_score, reason, decision)
-        writer.writerow(row)
-        if reason is None:
-            counts.ok += 1
-            counts.neither += row[1] == NEITHER
+        _, label, printed, pet, _, _ = format_row(rel, p_dog, pet_score, reason, decision)
+        if reason is None:  # the scores, "ok" and the empty error never need quotes
+            lines.append(f"{_csv_field(rel)},{labels[label]},{printed},{pet},ok,")
+            ok += 1
+            neither += label == NEITHER
         else:
-            counts.error += 1
+            lines.append(f"{_csv_field(rel)},,,,error,{_csv_field(reason)}")
+            error += 1
         last = rel
-    return text.getvalue().encode("utf-8", "backslashreplace"), counts, last
+    lines.append("")
+    return "\r\n".join(lines).encode("utf-8", "backslashreplace") if last is not None else b"", RowCounts(ok, error, neither), last
 
 
 HEADER = (",".join(COLUMNS) + "\r\n").encode()
