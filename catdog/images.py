@@ -7,6 +7,7 @@ training and in prediction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import warnings
@@ -57,16 +58,21 @@ def _to_rgb_or_gray(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+@functools.cache
+def _refused_plugins() -> tuple[tuple[str, Callable[[bytes], object]], ...]:
+    """Pillow's formats that catdog refuses, with their prefix checks (looked up once, not per file)."""
+    Image.init()
+    return tuple((name, accept) for name, (_factory, accept) in Image.OPEN.items() if name not in FORMATS and accept is not None)
+
+
 def _sniff_format(head: bytes) -> str | None:
     """The name of a format Pillow knows but catdog refuses, from a file's first bytes (no plugin runs)."""
-    Image.init()
-    for name, (_factory, accept) in Image.OPEN.items():
-        if name not in FORMATS and accept is not None:
-            try:
-                if accept(head):
-                    return name
-            except Exception:  # noqa: BLE001 - a plugin's prefix check is only a hint
-                continue
+    for name, accept in _refused_plugins():
+        try:
+            if accept(head):
+                return name
+        except Exception:  # noqa: BLE001 - a plugin's prefix check is only a hint
+            continue
     return None
 
 

@@ -90,19 +90,29 @@ def score_local(
     gate = large_decode_gate()
     paths, problems = listing.paths, listing.problems
 
-    with ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool:
+    threads = workers or usable_cpus()
+
+    def decode_all(rels: list[str]) -> list[Decoded]:
+        return [decode(source, rel, problems.get(rel), size, max_pixels, gate) for rel in rels]
+
+    def submit(rels: list[str]) -> list[Future]:
+        # One task per thread and batch, not per file: a file that fails at once (a broken or foreign file,
+        # a FIFO) then costs its decode and no thread-pool round trip.
+        step = -(-len(rels) // threads)
+        return [pool.submit(decode_all, rels[i : i + step]) for i in range(0, len(rels), step)]
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque[tuple[list[str], list[Future]]] = deque()
         try:
             for start in range(0, len(paths), batch_size):
                 rels = paths[start : start + batch_size]
-                futures = [pool.submit(decode, source, rel, problems.get(rel), size, max_pixels, gate) for rel in rels]
-                pending.append((rels, futures))
+                pending.append((rels, submit(rels)))
                 if len(pending) > 2:
                     rels, futures = pending.popleft()
-                    yield score_batch(rels, [f.result() for f in futures], predictor)
+                    yield score_batch(rels, [d for f in futures for d in f.result()], predictor)
             while pending:
                 rels, futures = pending.popleft()
-                yield score_batch(rels, [f.result() for f in futures], predictor)
+                yield score_batch(rels, [d for f in futures for d in f.result()], predictor)
         except BaseException:  # Ctrl-C or an abandoned generator: drop the queued decodes, don't finish them
             pool.shutdown(wait=False, cancel_futures=True)
             raise

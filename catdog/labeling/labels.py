@@ -92,6 +92,8 @@ def own_files(out: Path) -> Callable[[str], bool]:
     temp_prefixes = tuple(f".{name}." for name in names)
 
     def own(path: str) -> bool:
+        if out.name not in path:  # nearly every file: one substring test, called once per file listed
+            return False
         parent, name = os.path.split(path)
         return path in exact or (parent == folder and name.startswith(temp_prefixes) and name.endswith(".tmp"))
 
