@@ -128,6 +128,7 @@ def predict_folder(
     shard: Annotated[str, typer.Option(help="Label only shard K of N (0 <= K < N), chosen by a stable hash of each path.")] = "0/1",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its saved progress.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing CSV at --out.")] = False,
+    update: Annotated[bool, typer.Option(help="Update the CSV at --out: keep the rows of unchanged files (same path, size and mtime; S3: key, size and ETag), label new and changed ones, drop removed ones.")] = False,
     runtime: Annotated[str, typer.Option(help="auto (LiteRT if available), litert or keras.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(min=1, help="Decoding threads of the local engine (default: the CPUs this process may use).")] = None,
     engine: Annotated[str, typer.Option(help="local (threads on this machine) or ray (a Ray cluster).")] = "local",
@@ -142,22 +143,28 @@ def predict_folder(
     options = PredictOptions(
         source=source, model=model, out=out, batch_size=batch_size, threshold=threshold, pet_threshold=pet_threshold,
         neither=neither, recursive=recursive,
-        follow_links=follow_links, shard=parse_shard(shard), resume=resume, overwrite=overwrite, runtime=runtime,
+        follow_links=follow_links, shard=parse_shard(shard), resume=resume, overwrite=overwrite, update=update, runtime=runtime,
         engine=engine, workers=workers, s3_endpoint_url=s3_endpoint_url,
         ray=RayOptions(address=ray_address, cpus_per_actor=ray_cpus_per_actor, actors=ray_actors),
     )
     try:
-        summary = predict(options)
+        summary = predict(options, say=_say)
     except KeyboardInterrupt:
         saved = progress_path(out)
         hint = f"progress kept in {saved}; rerun with {resume_hint(out)} to continue" if saved.exists() else "nothing labeled yet"
         _say(f"interrupted: {hint}")
         raise typer.Exit(130) from None
     total = summary.ok + summary.error
-    earlier = f" ({total - summary.labeled_now} of them by the interrupted run)" if total > summary.labeled_now else ""
     neither = f"; {summary.neither} of the ok neither a cat nor a dog" if summary.neither is not None else ""
-    if summary.discarded:
-        earlier += " (an interrupted run's progress was discarded: --overwrite without --resume starts over)"
+    discarded = " (an interrupted run's progress was discarded: --overwrite without --resume starts over)" if summary.discarded else ""
+    if update:
+        _say(
+            f"updated {total} rows{discarded}: kept {summary.kept}, labeled {summary.labeled_now}, dropped {summary.dropped}; "
+            f"{summary.ok} ok, {summary.error} error{neither} in {summary.seconds:.1f}s -> {summary.out}"
+        )
+        return
+    earlier = f" ({total - summary.labeled_now} of them by the interrupted run)" if total > summary.labeled_now else ""
+    earlier += discarded
     _say(
         f"labeled {total} files{earlier}: {summary.ok} ok, {summary.error} error{neither} "
         f"in {summary.seconds:.1f}s ({summary.rate:.1f} images/s) -> {summary.out}"

@@ -84,10 +84,10 @@ def lock_path(out: Path) -> Path:
 
 def own_files(out: Path) -> Callable[[str], bool]:
     """Whether a (resolved) path is this run's own: the CSV at `out`, its `.partial`, `.progress.json`,
-    `.lock` and `.job.json`, or a hidden temporary file of their atomic writes. Those are never labelled;
+    `.lock`, `.job.json` and `.files`, or a hidden temporary file of their atomic writes. Those are never labelled;
     every other file is."""
     folder = os.path.realpath(out.parent)
-    names = [out.name] + [f"{out.name}.{suffix}" for suffix in ("partial", "progress.json", "lock", "job.json")]
+    names = [out.name] + [f"{out.name}.{suffix}" for suffix in ("partial", "progress.json", "lock", "job.json", "files")]
     exact = {os.path.join(folder, name) for name in names}
     temp_prefixes = tuple(f".{name}." for name in names)
 

@@ -9,6 +9,7 @@ object, so the CLI, the benchmarks and the tests cannot pass them in the wrong o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from catdog.progress import progress_bar
 from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
 from catdog.labeling.runtime import ModelMeta, Predictor, load_predictor, resolve_model_file
 from catdog.labeling.sources import Listing, Source, files_digest, open_source, parse_shard, shard_of
+from catdog.labeling.update import check_update_output, identified, identity_digest, merged, plan_update, write_files
 
 ENGINES = ("local", "ray")
 
@@ -46,6 +48,7 @@ class PredictOptions:
     shard: tuple[int, int] = (0, 1)
     resume: bool = False
     overwrite: bool = False
+    update: bool = False  # keep the rows of --out whose files are unchanged; label only new and changed files
     runtime: str = "auto"
     engine: str = "local"
     workers: int | None = None  # local engine's decode threads; None: the CPUs this process may use
@@ -60,9 +63,12 @@ class Summary:
     ok: int  # rows in the CSV, an earlier interrupted run's included
     error: int
     seconds: float
-    labeled_now: int  # files this run labeled (fewer than ok + error after --resume)
+    labeled_now: int  # files this run labeled (fewer than ok + error after --resume or with --update)
     neither: int | None = None  # ok rows labeled `neither`; None when the run could not say `neither`
     discarded: bool = False  # an interrupted run's progress was dropped (--overwrite without --resume starts over)
+    kept: int = 0  # --update: rows kept from the earlier CSV (their files unchanged)
+    dropped: int = 0  # --update: rows of the earlier CSV whose files are gone
+    note: str | None = None  # --update: why no row could be kept, when there was an earlier CSV
 
     @property
     def rate(self) -> float:
@@ -86,11 +92,11 @@ def _listing(source: Source, options: PredictOptions) -> tuple[Listing, str]:
     return listing, whole
 
 
-def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summary:
+def predict(options: PredictOptions, predictor: Predictor | None = None, say: Callable[[str], None] | None = None) -> Summary:
     """Label every file of `options.source` into the CSV `options.out` (columns path,label,p_dog,pet_score,status,error).
 
     `predictor` replaces the model the local engine would load (tests wrap it); the Ray engine's actors
-    load the bundle themselves.
+    load the bundle themselves. `say` gets the one line an update prints before it relabels every file.
     """
     started = time.perf_counter()
     if options.engine not in ENGINES:
@@ -106,34 +112,57 @@ def predict(options: PredictOptions, predictor: Predictor | None = None) -> Summ
     decision = decision_for(predictor.meta, options)
     out = options.out
     with run_lock(out):
-        check_output(out, options.resume, options.overwrite)
+        if options.update:
+            check_update_output(out, options.resume, options.overwrite)
+            check_output(out, options.resume, overwrite=True)
+        else:
+            check_output(out, options.resume, options.overwrite)
         listing, whole = _listing(source, options)
-        files = files_digest(listing.paths)
+        listing = identified(source, listing)
+        files = files_digest(listing.paths) + identity_digest(listing)
         model = _model_digest(options)
-        key = {
+        same_files = {  # what must match for a row to be kept by a later --update
             "source": source.describe(),
             "endpoint": source.endpoint(),
             "model": model,
-            "threshold": decision.threshold,
-            "pet_threshold": decision.pet_threshold,
             "shard": list(options.shard),
             "recursive": options.recursive,
             "follow_links": options.follow_links,
+            "max_pixels": options.max_pixels,
+        }
+        plan = plan_update(out, same_files, listing, options.overwrite) if options.update else None
+        if plan is not None and plan.note and say is not None:
+            say(plan.note)
+        key = {
+            **same_files,
+            "threshold": decision.threshold,
+            "pet_threshold": decision.pet_threshold,
+            **({"update": plan.old_sha256} if plan is not None else {}),
         }
         labels = LabelsCSV(out, key, files, decision, options.resume)
+        todo = listing if plan is None else plan.to_label
+        paths = listing.paths
         if labels.resume_after is not None:
-            listing = listing.only([rel for rel in listing.paths if rel > labels.resume_after])
-        with labels, progress_bar(f"label {redact_url(source.describe())}", len(listing)) as advance:
-            for batch in _engine(source, listing, predictor, options, decision):
+            paths = [rel for rel in paths if rel > labels.resume_after]
+            todo = todo.only([rel for rel in todo.paths if rel > labels.resume_after])
+        with labels, progress_bar(f"label {redact_url(source.describe())}", len(paths)) as advance:
+            batches = _engine(source, todo, predictor, options, decision) if todo.paths else iter(())
+            if plan is not None:
+                batches = merged(plan, paths, todo.paths, batches, options.batch_size)
+            for batch in batches:
                 if isinstance(batch, Block):  # rows the engine's workers formatted already
                     labels.write_block(batch.data, batch.counts, batch.last)
                     advance(batch.rows)
                 else:
                     labels.write(batch)
                     advance(len(batch))
-            labels.finish(_job_recorder(source, options, decision, predictor.meta, model, labels, whole))
-    return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(listing),
-                   None if decision.pet_threshold is None else labels.counts.neither, labels.discarded)
+            if labels.ok + labels.error != len(listing):
+                raise CatdogError(f"internal error: {labels.ok + labels.error} rows written for {len(listing)} files")
+            labels.finish(_finisher(
+                options, listing, same_files, _job_recorder(source, options, decision, predictor.meta, model, labels, whole)))
+    return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(todo),
+                   None if decision.pet_threshold is None else labels.counts.neither, labels.discarded,
+                   kept=plan.kept if plan else 0, dropped=plan.dropped if plan else 0, note=plan.note if plan else None)
 
 
 def decision_for(meta: ModelMeta, options: PredictOptions) -> Decision:
@@ -158,6 +187,17 @@ def _engine(source: Source, listing: Listing, predictor: Predictor, options: Pre
     from catdog.labeling.engines import score_local
 
     return score_local(source, listing, predictor, options.batch_size, options.workers, options.max_pixels)
+
+
+def _finisher(options: PredictOptions, listing: Listing, same_files: dict, record: Callable[[Path], None]) -> Callable[[Path], None]:
+    """What is written beside the finished CSV before it appears: `<out>.files` (the identities a later --update
+    compares) and the job record."""
+
+    def finish(partial: Path) -> None:
+        write_files(options.out, partial, same_files, listing)
+        record(partial)
+
+    return finish
 
 
 def _job_recorder(source: Source, options: PredictOptions, decision: Decision, meta: ModelMeta, model: str,
