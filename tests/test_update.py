@@ -265,3 +265,27 @@ def test_an_s3_object_changed_in_place_is_the_only_one_labeled_again(tiny_bundle
         assert out.read_bytes() == fresh("s3://pets/in", tiny_bundle, tmp_path, s3_endpoint_url=url)
         _, decoded, _ = label("s3://pets/in", tiny_bundle, out, s3_endpoint_url=url, update=True)
         assert decoded == 0
+
+
+@pytest.mark.integration
+def test_dvc_repro_after_photos_arrive_in_the_named_folder_labels_only_those(tmp_path, tiny_dataset_zip):
+    from conftest import make_project, run, tiny_overrides
+
+    project = make_project(tmp_path / "project", {**tiny_overrides(tiny_dataset_zip), "predict": {"folder": "inbox my photos"}})
+    inbox = project / "inbox my photos"
+    for i in range(6):
+        make_image(inbox / f"{i}.png", color=(40 * i, 90, 200), seed=i)
+    first = run(["dvc", "repro"], cwd=project)
+    assert "kept 0, labeled 6, dropped 0" in first.stdout + first.stderr
+    labels = project / "data/labels.csv"
+    for i in range(6, 8):
+        make_image(inbox / f"{i}.png", color=(200, 90, 40 * i), seed=i)
+    (inbox / "0.png").unlink()
+    second = run(["dvc", "repro"], cwd=project)
+    output = second.stdout + second.stderr
+    assert "Running stage 'predict-folder'" in output and "Running stage 'train'" not in output
+    assert "kept 5, labeled 2, dropped 1" in output
+    catdog("predict-folder", inbox, "--model", project / "models", "--out", tmp_path / "fresh.csv")
+    assert labels.read_bytes() == (tmp_path / "fresh.csv").read_bytes()
+    third = run(["dvc", "repro"], cwd=project)
+    assert "Data and pipelines are up to date." in third.stdout

@@ -98,7 +98,16 @@ class EvaluateParams(_Section):
 
 
 class PredictParams(_Section):
+    folder: str = Field("data/raw/dataset", min_length=1)  # the folder the predict-folder stage labels
     batch_size: int = Field(64, ge=1)
+
+    @field_validator("folder")
+    @classmethod
+    def _quotable(cls, value: str) -> str:
+        # dvc.yaml puts it in the stage's command between double quotes, where these would still be expanded.
+        if any(c in value for c in '"$`\\\n\r'):
+            raise ValueError('must not hold ", $, `, \\ or a line break (dvc.yaml puts it in a shell command)')
+        return value
 
 
 class Params(_Section):
