@@ -217,7 +217,7 @@ def test_kill_9_in_the_middle_of_an_update_leaves_the_old_csv_and_a_rerun_gives_
     out = tmp_path / "labels.csv"
     catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out)
     before, sidecar = out.read_bytes(), (tmp_path / "labels.csv.files").read_bytes()
-    for i in range(1200):
+    for i in range(4000):  # enough to outlast the first progress save (at most once a second)
         make_image(folder / "new" / f"{i:04d}.png", size=(12, 12), color=(i % 256, 40, 90), seed=1000 + i)
     args = [sys.executable, "-m", "catdog", "predict-folder", str(folder), "--model", str(tiny_bundle), "--out", str(out),
             "--update", "--batch-size", "1", "--workers", "1"]

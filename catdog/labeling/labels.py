@@ -196,11 +196,11 @@ def resume_hint(out: Path) -> str:
 def _remove_leftovers(out: Path) -> None:
     """Clear what a killed run can leave that describes nothing (called under the run lock): a progress file
     beside no partial CSV (killed between the final rename and its removal), and the hidden temporary files of
-    interrupted atomic writes of the progress and the job record."""
+    interrupted atomic writes of the progress, the job record and the `.files` sidecar."""
     progress, partial = progress_path(out), partial_path(out)
     if (progress.exists() or progress.is_symlink()) and not (partial.exists() or partial.is_symlink()):
         progress.unlink()
-    for name in (progress.name, out.name + ".job.json"):
+    for name in (progress.name, out.name + ".job.json", out.name + ".files"):
         for tmp in out.parent.glob(f".{_glob_escape(name)}.*.tmp"):
             if tmp.is_symlink() or tmp.is_file():
                 tmp.unlink(missing_ok=True)
