@@ -194,3 +194,23 @@ def test_a_ray_run_killed_between_blocks_resumes_to_the_same_csv(ray_address, re
     assert out.with_name(out.name + ".partial").read_bytes().count(b"\r\n") == 1 + 10
     catdog(*args, "--resume", env=ray_env(), timeout=300)
     assert out.read_bytes() == local_csv.read_bytes()
+
+
+def test_an_update_on_the_ray_engine_labels_only_new_files_and_writes_a_fresh_runs_csv(ray_address, real_photos, tiny_bundle, tmp_path):
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(real_photos, photos)
+    out = tmp_path / "labels.csv"
+    catdog("predict-folder", photos, "--model", tiny_bundle, "--out", out, "--batch-size", "8")
+    cats = sorted((photos / "train" / "cats").iterdir())
+    shutil.copy2(cats[0], photos / "train" / "cats" / "added-1.jpg")
+    shutil.copy2(cats[1], photos / "zz-added-2.jpg")
+    cats[2].unlink()
+    result = catdog(
+        "predict-folder", photos, "--model", tiny_bundle, "--out", out, "--batch-size", "8", "--update",
+        "--engine", "ray", "--ray-address", ray_address.address, env=ray_env(), timeout=300,
+    )
+    assert "kept 40, labeled 7, dropped 1" in result.stderr  # two new files, and the five error rows again
+    catdog("predict-folder", photos, "--model", tiny_bundle, "--out", tmp_path / "fresh.csv", "--batch-size", "8")
+    assert out.read_bytes() == (tmp_path / "fresh.csv").read_bytes()
