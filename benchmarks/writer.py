@@ -8,8 +8,14 @@ with no model and no decoding, through the real `LabelsCSV`.
 
 Both write the same bytes (checked). `writer_rates` is what benchmarks/scale_out.py can call for its table.
 
+With `--broken N --model BUNDLE`, also the local engine end to end on N generated broken files (a JPEG header
+and junk: each is read, fails to decode and becomes an error row, so no model time hides the writer), with the
+progress saved per block (before) and once per second (after); `make_broken_folder` and `local_engine_rate`
+are there for the Ray engine's comparison too.
+
     python benchmarks/writer.py
     python benchmarks/writer.py --rows 1000000 --batch 256 --kind ok
+    python benchmarks/writer.py --broken 250000 --model models --folder /scratch
 """
 
 from __future__ import annotations
@@ -86,18 +92,58 @@ def writer_rates(rows: int = 200_000, batch: int = 64, kind: str = "error", fold
     return {"before": before, "after": after}
 
 
+JPEG_HEADER = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+
+
+def make_broken_folder(folder: Path, count: int) -> Path:
+    """`count` broken JPEGs (header, then 200 seeded random bytes) in sub-folders of 1,000."""
+    rng = random.Random(0)
+    for i in range(count):
+        sub = folder / f"{i // 1000:04d}"
+        if i % 1000 == 0:
+            sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"{i:07d}.jpg").write_bytes(JPEG_HEADER + rng.randbytes(200))
+    return folder
+
+
+def local_engine_rate(folder: Path, model: Path, out: Path, per_block: bool = False, engine: str = "local") -> float:
+    """Rows/s of one `predict` run over `folder` (listing included); `per_block` saves the progress after every
+    block, as the writer did before."""
+    import catdog.labeling.labels as labels
+    from catdog.labeling.predict import PredictOptions, predict
+
+    saved = labels.SAVE_SECONDS
+    labels.SAVE_SECONDS = 0.0 if per_block else saved
+    try:
+        summary = predict(PredictOptions(str(folder), model, out, overwrite=True, engine=engine))
+    finally:
+        labels.SAVE_SECONDS = saved
+    return summary.labeled_now / summary.seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=64, help="rows per block (the local engine's batch)")
     parser.add_argument("--kind", choices=("error", "ok"), default="error")
     parser.add_argument("--folder", type=Path, default=None, help="where to write (default: the system temp folder)")
+    parser.add_argument("--broken", type=int, default=0, help="also label this many generated broken files with the local engine")
+    parser.add_argument("--model", type=Path, default=REPO / "models", help="the bundle for --broken")
     args = parser.parse_args()
     rates = writer_rates(args.rows, args.batch, args.kind, args.folder)
     print(f"CSV writer, {args.rows:,} {args.kind} rows in blocks of {args.batch}:")
     print(f"  before (csv.writer, fsync + progress JSON per block): {rates['before']:>10,.0f} rows/s")
     print(f"  after  (format_rows, progress once per second):       {rates['after']:>10,.0f} rows/s  "
           f"({rates['after'] / rates['before']:.1f}x)")
+    if args.broken:
+        with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
+            folder = make_broken_folder(Path(tmp) / "broken", args.broken)
+            before = local_engine_rate(folder, args.model, Path(tmp) / "before.csv", per_block=True)
+            after = local_engine_rate(folder, args.model, Path(tmp) / "after.csv")
+            same = (Path(tmp) / "before.csv").read_bytes() == (Path(tmp) / "after.csv").read_bytes()
+        print(f"local engine, {args.broken:,} broken files (listing included), CSVs {'equal' if same else 'DIFFERENT'}:")
+        print(f"  progress per block:      {before:>10,.0f} rows/s")
+        print(f"  progress once a second:  {after:>10,.0f} rows/s  ({after / before:.1f}x)")
 
 
 if __name__ == "__main__":
