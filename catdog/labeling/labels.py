@@ -15,7 +15,6 @@ import csv
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
 import re
