@@ -173,23 +173,24 @@ def _connect(address: str | None) -> None:
 
 
 def _dataset(listing: Listing, rows: int):
-    """The listing as a Ray dataset of blocks of `rows` rows (put into the object store one block at a time)."""
+    """The listing as a Ray dataset of blocks of `rows` rows."""
     import pyarrow as pa
-    import ray
     import ray.data
 
     paths, problems = listing.paths, listing.problems
-    refs = []
+    tables = []
     for start in range(0, len(paths), rows):
         chunk = paths[start : start + rows]
         troubles = [problems.get(r) for r in chunk] if problems else None
-        refs.append(ray.put(pa.table({
+        tables.append(pa.table({
             "i": pa.array(range(start, start + len(chunk)), pa.int64()),
             "rel": pa.array(chunk, pa.string()),  # path text is valid UTF-8
             "problem": pa.array([p and p.encode("utf-8", "surrogateescape") for p in troubles], pa.binary())
             if troubles else pa.nulls(len(chunk), pa.binary()),
-        })))
-    return ray.data.from_arrow_refs(refs)
+        }))
+    # from_blocks keeps the blocks as given and reads their sizes here; from_arrow(_refs) asks a Ray task per
+    # block (a worker process to start and pyarrow to import before the first actor: ~3 s on 2 cores).
+    return ray.data.from_blocks(tables)
 
 
 def score_ray(source: Source, listing: Listing, options: PredictOptions, decision: Decision) -> Iterator[Block]:
