@@ -1,23 +1,33 @@
 """Scale-out: the local engine against the Ray engine on one and two nodes of this machine, the driver's own
-ceiling, and from those a scaling table on paper for 10 million images (issue 11).
+ceilings, the S3 listing, and from those a scaling table on paper for 10 million images (issues 11 and 22).
 
-One run, every figure from it, ratios against the local engine measured in the same run:
+One run, every figure from it, ratios against a baseline measured in the same run:
 
-  local   `catdog predict-folder DIR` (thread pool), end to end, as a subprocess;
-  ray-1   `--engine ray` on a one-node Ray cluster with all of this machine's CPUs;
-  ray-2   `--engine ray` on a two-node cluster on this machine (the CPUs split between the nodes);
-  start   the same three on a 16-file folder: the fixed seconds (interpreter, model, cluster join, actors);
-  driver  rows/s the driver receives, sorts and writes when the model is free: a listing of --driver-rows
-          generated paths through the real CSV writer (fsync + progress file per batch), and rows/s that
-          Ray hands back from actors that do no work.
+  photos    `catdog predict-folder DIR` with the local engine, then `--engine ray` on a one-node and a two-node
+            Ray cluster on this machine (the CPUs split between the nodes), end to end, as subprocesses;
+            `--copies K` labels K copies of the photos (30,000 = 3,000 x 10); the 16-file runs give the
+            fixed seconds (interpreter, model, cluster join, actors);
+  hand-back rows/s Ray hands back to the driver from actors that do nothing, on the two-node cluster: the old
+            path (64-row batches in 256-row blocks, one Python object per row; `old_handback`) against the
+            new (`ray_engine.run_blocks`: blocks of up to 4,096 rows formatted in the actor, one object each);
+            end to end and steady (after the first block);
+  writer    the CSV writer: benchmarks/writer.py's before/after (format + write per 64-row batch), and
+            `LabelsCSV.write_block` appending blocks already formatted (the Ray driver's share);
+  broken    folders of broken files (a JPEG header and junk: each is read, fails to decode and is an error
+            row, so no model time hides the rest) labelled by both engines, the CSVs compared;
+  listing   an S3 prefix of --list-keys keys under many sub-prefixes on a moto server on 127.0.0.1, listed
+            one page at a time (LIST_CONCURRENCY=1, as before) and by sub-prefixes concurrently; again with
+            --list-latency-ms added to every list request (moto answers from this machine's CPUs; S3 from afar).
 
     python benchmarks/scale_out.py --model models
-    python benchmarks/scale_out.py --model models --files 3000 --driver-rows 1000000
+    python benchmarks/scale_out.py --model models --copies 10 --broken 50000,250000 --list-keys 100000
+    python benchmarks/scale_out.py --model models --only handback,writer
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -26,6 +36,8 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ZIP = REPO.parent / "shared" / "datasets" / "cats_and_dogs_3k.zip"
@@ -38,13 +50,32 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def extract(archive: Path, dest: Path, files: int) -> Path:
+def extract(archive: Path, dest: Path, files: int, copies: int = 1) -> Path:
+    """`files` photos of the archive, `copies` times (copy K under copyK/, hard links to the first)."""
     with zipfile.ZipFile(archive) as zf:
         names = sorted(n for n in zf.namelist() if n.lower().endswith(".jpg"))[:files]
         for name in names:
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(zf.read(name))
+            first = dest / "copy0" / name
+            first.parent.mkdir(parents=True, exist_ok=True)
+            first.write_bytes(zf.read(name))
+            for k in range(1, copies):
+                target = dest / f"copy{k}" / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(first, target)
+    return dest
+
+
+def broken_folder(dest: Path, files: int) -> Path:
+    """`files` broken files, 1,000 per folder: a JPEG header and junk (read, then refused by the decoder)."""
+    if dest.is_dir() and sum(1 for _ in dest.rglob("*.jpg")) == files:
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    junk = os.urandom(4096)
+    for i in range(files):
+        if i % 1000 == 0:
+            (dest / f"{i // 1000:04d}").mkdir(parents=True)
+        with open(dest / f"{i // 1000:04d}" / f"junk_{i:07d}.jpg", "wb") as fh:
+            fh.write(b"\xff\xd8\xff\xe0" + junk[i % 3000 : i % 3000 + 60])
     return dest
 
 
@@ -81,60 +112,186 @@ class RayCluster:
         self.cluster.shutdown()
 
 
-def driver_write_ceiling(rows: int, out: Path, batch: int = 64) -> float:
-    """Rows/s through the real driver path with a free model: sort the listing, format and write every row
-    (with the fsync and progress file after each batch)."""
-    from catdog.labeling.labels import LabelsCSV
-    from catdog.labeling.sources import files_digest
+class IdleBlocks:
+    """A do-nothing actor of the new shape: each block's rows, as error rows, formatted and packed by the actor."""
 
-    paths = [f"d{i % 997:03d}/photo_{(i * 7919) % rows:08d}.jpg" for i in range(rows)]
-    started = time.perf_counter()
-    paths.sort()
-    with LabelsCSV(out, {"bench": True}, files_digest(paths), ("cat", "dog"), 0.5, resume=False) as labels:
-        for start in range(0, rows, batch):
-            labels.write([(rel, 0.25, None) for rel in paths[start : start + batch]])
-        labels.finish()
-    return rows / (time.perf_counter() - started)
+    def __init__(self, decision):
+        self.decision = decision
+
+    def __call__(self, block):
+        from catdog.labeling.ray_engine import pack_block
+
+        rels = block.column("rel").to_pylist()
+        return pack_block(block.column("i")[0].as_py(), ((rel, None, None, "not an image") for rel in rels), self.decision)
 
 
-def ray_receive_ceiling(address: str, rows: int, batch: int = 64) -> float:
-    """Rows/s a Ray Data pipeline of the engine's shape hands back to the driver when the actors do nothing."""
-    import numpy as np
+class IdleRows:
+    """A do-nothing actor of the old shape: one numpy row per file (index, p_dog, pet, reason)."""
+
+    def __call__(self, b):
+        import numpy as np
+
+        n = len(b["i"])
+        return {"i": np.asarray(b["i"]), "p_dog": np.full(n, np.nan), "pet": np.full(n, np.nan),
+                "reason": np.array([b"not an image"] * n, dtype=object)}
+
+
+def _connect(address: str):
     import ray
-
-    from catdog.labeling.ray_engine import _dataset
-    from catdog.labeling.sources import Listing
-
-    class Idle:
-        def __call__(self, b):
-            return {"i": np.asarray(b["i"]), "p_dog": np.full(len(b["i"]), 0.25), "reason": np.array([b""] * len(b["i"]), dtype=object)}
+    import ray.data
 
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    return ray
+
+
+def new_handback(address: str, rows: int) -> tuple[float, float]:
+    """(end-to-end, steady) rows/s of `ray_engine.run_blocks` with IdleBlocks actors, one per CPU."""
+    from catdog.labeling.labels import Decision
+    from catdog.labeling.ray_engine import block_rows, run_blocks
+    from catdog.labeling.sources import Listing
+
+    ray = _connect(address)
     try:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False
-        listing = Listing([f"photo_{i:08d}.jpg" for i in range(rows)])
+        actors = int(ray.cluster_resources().get("CPU", 1))
+        listing = Listing([f"d{i % 997:03d}/photo_{i:08d}.jpg" for i in range(rows)])
+        listing.paths.sort()
         started = time.perf_counter()
-        ds = _dataset(listing, batch).map_batches(Idle, batch_size=batch, batch_format="numpy", num_cpus=0.5,
-                                                  compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
-        n = sum(len(b["i"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+        first, n = None, 0
+        for block in run_blocks(listing, IdleBlocks, {"decision": Decision(("cat", "dog"), 0.5)}, actors=actors, cpus=1,
+                                rows=block_rows(rows, actors, 64)):
+            if first is None:
+                first, after = time.perf_counter(), block.rows
+            n += block.rows
+        done = time.perf_counter()
         assert n == rows
-        return rows / (time.perf_counter() - started)
+        return rows / (done - started), (rows - after) / max(done - first, 1e-9)
     finally:
         ray.shutdown()
 
 
-def paper_table(per_core: float, start_s: float, driver: float, receive: float) -> list[str]:
-    """Images/s and hours for TARGET images on 1, 10 and 100 nodes of NODE_CORES cores."""
-    lines = [f"{'nodes':>5} {'cores':>6} {'workers images/s':>17} {'bound by':>10} {'images/s':>10} {'hours':>7}"]
-    for nodes in (1, 10, 100):
+def old_handback(address: str, rows: int) -> tuple[float, float]:
+    """The same with the engine's old shape: 64-row batches in 256-row blocks, one numpy row per file handed back
+    and turned into one Scored tuple per row in the driver (as ray_engine did before issue 22)."""
+    import numpy as np
+    import pyarrow as pa
+
+    ray = _connect(address)
+    try:
+        actors = int(ray.cluster_resources().get("CPU", 1))
+        paths = sorted(f"d{i % 997:03d}/photo_{i:08d}.jpg" for i in range(rows))
+        started = time.perf_counter()
+        tables = [pa.table({"i": pa.array(range(s, min(s + 256, rows)), pa.int64()),
+                            "rel": pa.array([r.encode() for r in paths[s : s + 256]], pa.binary())}) for s in range(0, rows, 256)]
+        ds = ray.data.from_arrow(tables).map_batches(IdleRows, batch_size=64, batch_format="numpy", num_cpus=1,
+                                                     compute=ray.data.ActorPoolStrategy(size=actors))
+        expected, first = 0, None
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+            indices = out["i"]
+            if not np.array_equal(indices, np.arange(expected, expected + len(indices))):
+                raise SystemExit("old path: rows out of order")
+            batch = []
+            for i, p, q, reason in zip(indices, out["p_dog"], out["pet"], out["reason"]):
+                text = bytes(reason).decode("utf-8")
+                pet = None if np.isnan(q) else float(q)
+                batch.append((paths[i], None, None, text) if text else (paths[i], float(p), pet, None))
+            if first is None:
+                first, after = time.perf_counter(), len(indices)
+            expected += len(indices)
+        done = time.perf_counter()
+        assert expected == rows
+        return rows / (done - started), (rows - after) / max(done - first, 1e-9)
+    finally:
+        ray.shutdown()
+
+
+def append_rate(rows: int, folder: Path, block: int = 4096) -> float:
+    """Rows/s `LabelsCSV.write_block` appends when the rows come formatted (the Ray driver's share of the writing)."""
+    from catdog.labeling.labels import Decision, LabelsCSV, format_rows
+    from catdog.labeling.sources import files_digest
+
+    decision = Decision(("cat", "dog"), 0.5)
+    paths = sorted(f"d{i % 997:03d}/photo_{i:08d}.jpg" for i in range(rows))
+    blocks = [format_rows(((rel, None, None, "not an image") for rel in paths[s : s + block]), decision) for s in range(0, rows, block)]
+    started = time.perf_counter()
+    with LabelsCSV(folder / "append.csv", {"bench": True}, files_digest(paths), decision, resume=False) as labels:
+        for data, counts, last in blocks:
+            labels.write_block(data, counts, last)
+        labels.finish()
+    return rows / (time.perf_counter() - started)
+
+
+def listing_rates(keys: int, latency_ms: float) -> dict[str, float]:
+    """Keys/s listing an S3 prefix of `keys` keys (200 folders of 10 sub-folders) on a moto server on 127.0.0.1:
+    one page at a time against sub-prefixes concurrently, each with and without `latency_ms` per request."""
+    from moto.backends import get_backend
+    from moto.s3.models import S3Backend
+    from moto.server import ThreadedMotoServer
+
+    from catdog.labeling import sources
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    plain = S3Backend.list_objects_v2
+    concurrency = sources.LIST_CONCURRENCY
+    rates = {}
+    try:
+        host, port = server.get_host_and_port()
+        backend = get_backend("s3")["123456789012"]["global"]
+        backend.create_bucket("bench", "us-east-1")
+        for i in range(keys):  # into the in-process server's store directly: seconds, not minutes
+            backend.put_object("bench", f"photos/{i % 200:03d}/{i // 200 % 10}/img_{i:08d}.jpg", b"\xff\xd8\xff\xe0junk")
+
+        def slow(self, *args, **kwargs):
+            time.sleep(latency_ms / 1000)
+            return plain(self, *args, **kwargs)
+
+        expected = None
+        for delay in (False, True):
+            S3Backend.list_objects_v2 = slow if delay else plain
+            for name, n in (("serial", 1), ("concurrent", concurrency)):
+                sources.LIST_CONCURRENCY = n
+                source = sources.S3Source.parse("s3://bench/photos", f"http://{host}:{port}")
+                started = time.perf_counter()
+                paths = source.list().paths
+                rates[f"{name}{' +latency' if delay else ''}"] = len(paths) / (time.perf_counter() - started)
+                expected = expected or paths
+                assert paths == expected and len(paths) == keys, "listings differ"
+                log(f"  listing {name}{f' +{latency_ms:g} ms' if delay else ''}: {rates[list(rates)[-1]]:,.0f} keys/s")
+    finally:
+        S3Backend.list_objects_v2 = plain
+        sources.LIST_CONCURRENCY = concurrency
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return rates
+
+
+def paper_table(per_core: float, start_s: float, handback: float, append: float, list_rate: float) -> list[str]:
+    """Hours for TARGET images on 1, 10, 100 and 1,000 nodes of NODE_CORES cores: listing, then start-up, then the
+    slowest of the workers, Ray's hand-back to the driver and the driver's CSV appends."""
+    lines = [f"{'nodes':>5} {'cores':>6} {'workers img/s':>14} {'bound by':>10} {'images/s':>10} {'hours':>6} {'x per node':>10}"]
+    one = None
+    for nodes in (1, 10, 100, 1000):
         workers = per_core * NODE_CORES * nodes
-        limits = {"workers": workers, "driver": driver, "ray": receive}
+        limits = {"workers": workers, "hand-back": handback, "append": append}
         bound = min(limits, key=limits.get)
-        rate = limits[bound]
-        hours = (TARGET / rate + start_s) / 3600
-        lines.append(f"{nodes:>5} {NODE_CORES * nodes:>6} {workers:>17,.0f} {bound:>10} {rate:>10,.0f} {hours:>7.2f}")
+        seconds = TARGET / list_rate + start_s + TARGET / limits[bound]
+        one = one or seconds
+        if TARGET / list_rate > TARGET / limits[bound]:
+            bound = "listing"
+        lines.append(f"{nodes:>5} {NODE_CORES * nodes:>6} {workers:>14,.0f} {bound:>10} {TARGET / seconds:>10,.0f} "
+                     f"{seconds / 3600:>6.2f} {one / seconds / nodes:>10.2f}")
     return lines
 
 
@@ -143,59 +300,116 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True, help="a trained bundle folder (model.tflite, meta.json)")
     ap.add_argument("--zip", type=Path, default=DEFAULT_ZIP, help="photo archive (default: the shared cats_and_dogs_3k.zip)")
     ap.add_argument("--files", type=int, default=3000, help="photos to label per engine (default 3000)")
-    ap.add_argument("--driver-rows", type=int, default=1_000_000, help="rows for the driver's write ceiling (default 1,000,000)")
-    ap.add_argument("--receive-rows", type=int, default=100_000, help="rows for Ray's receive ceiling (default 100,000)")
+    ap.add_argument("--copies", type=int, default=1, help="label this many copies of the photos (default 1)")
+    ap.add_argument("--handback-rows", type=int, default=1_000_000, help="rows for the new hand-back (default 1,000,000)")
+    ap.add_argument("--old-handback-rows", type=int, default=100_000, help="rows for the old hand-back (default 100,000)")
+    ap.add_argument("--writer-rows", type=int, default=1_000_000, help="rows for the writer (default 1,000,000)")
+    ap.add_argument("--broken", default="50000", help="sizes of the broken-file folders, comma-separated (default 50000)")
+    ap.add_argument("--scratch", type=Path, default=None, help="where the broken-file folders are kept between runs (default: a temp dir)")
+    ap.add_argument("--list-keys", type=int, default=100_000, help="S3 keys to list (default 100,000; 0: skip)")
+    ap.add_argument("--list-latency-ms", type=float, default=50.0, help="latency added to each list request in the second pass")
+    ap.add_argument("--only", default="photos,handback,writer,broken,listing", help="sections to run (comma-separated)")
     args = ap.parse_args()
+    only = set(args.only.split(","))
     cpus = len(os.sched_getaffinity(0))
     model = args.model.resolve()
     tmp = Path(tempfile.mkdtemp(prefix="catdog-scale-"))
-    results: dict[str, dict] = {}
+    scratch = args.scratch or tmp
+    photos: dict[str, dict] = {}
+    broken: dict[int, dict[str, float]] = {}
+    figures: dict[str, object] = {}
     try:
-        folder = extract(args.zip, tmp / "photos", args.files)
-        small = extract(args.zip, tmp / "small", 16)
-        n = sum(1 for p in folder.rglob("*") if p.is_file())
-        log(f"{n} photos, model {model}, {cpus} CPUs")
-        label(small, model, tmp / "warm.csv")  # warm the page cache and bytecode
-        runs = [("local", None, ()), ("ray, 1 node", 1, ("--engine", "ray")), ("ray, 2 nodes", 2, ("--engine", "ray"))]
-        csvs = {}
-        receive = None
-        for name, nodes, extra in runs:
-            cluster = RayCluster(nodes, cpus) if nodes else None
+        if "photos" in only or "broken" in only:
+            small = extract(args.zip, tmp / "small", 16)
+            label(small, model, tmp / "warm.csv")  # warm the page cache and bytecode
+        if "photos" in only:
+            folder = extract(args.zip, tmp / "photos", args.files, args.copies)
+            n = sum(1 for p in folder.rglob("*") if p.is_file())
+            log(f"{n} photos, model {model}, {cpus} CPUs")
+            csvs = {}
+            for name, nodes, extra in [("local", None, ()), ("ray, 1 node", 1, ("--engine", "ray")), ("ray, 2 nodes", 2, ("--engine", "ray"))]:
+                cluster = RayCluster(nodes, cpus) if nodes else None
+                try:
+                    more = (*extra, "--ray-address", cluster.address) if cluster else extra
+                    start_s, _, _ = label(small, model, tmp / "small.csv", *more)
+                    wall, rows, _ = label(folder, model, tmp / f"{len(csvs)}.csv", *more)
+                    assert rows == n, (name, rows, n)
+                    # Steady rate: what the big run took beyond the 16-file run's fixed seconds.
+                    photos[name] = {"rate": n / wall, "start": start_s, "labeling_rate": (n - 16) / max(wall - start_s, 1e-9)}
+                    csvs[name] = (tmp / f"{len(csvs)}.csv").read_bytes()
+                    photos[name]["same"] = csvs[name] == csvs["local"]
+                    log(f"{name}: {n / wall:.1f} images/s end to end, {start_s:.1f} s on 16 files")
+                finally:
+                    if cluster:
+                        cluster.close()
+            figures["photos"] = n
+        if "handback" in only:
+            cluster = RayCluster(2, cpus)
             try:
-                more = (*extra, "--ray-address", cluster.address) if cluster else extra
-                start_s, _, _ = label(small, model, tmp / "small.csv", *more)
-                wall, rows, _ = label(folder, model, tmp / f"{len(csvs)}.csv", *more)
-                assert rows == n, (name, rows, n)
-                # Steady rate: what the big run took beyond the 16-file run's fixed seconds.
-                results[name] = {"wall": wall, "rate": n / wall, "start": start_s, "labeling_rate": (n - 16) / max(wall - start_s, 1e-9)}
-                csvs[name] = (tmp / f"{len(csvs)}.csv").read_bytes()
-                log(f"{name}: {n / wall:.1f} images/s end to end, {start_s:.1f} s on 16 files")
-                if nodes == 2:
-                    log(f"ray receive ceiling on {args.receive_rows:,} rows ...")
-                    receive = ray_receive_ceiling(cluster.address, args.receive_rows)
+                log(f"hand-back, old path, {args.old_handback_rows:,} rows ...")
+                figures["old"] = old_handback(cluster.address, args.old_handback_rows)
+                log(f"hand-back, new path, {args.handback_rows:,} rows ...")
+                figures["new"] = new_handback(cluster.address, args.handback_rows)
             finally:
-                if cluster:
-                    cluster.close()
-        log(f"driver write ceiling on {args.driver_rows:,} rows ...")
-        driver = driver_write_ceiling(args.driver_rows, tmp / "driver.csv")
+                cluster.close()
+        if "writer" in only:
+            from writer import writer_rates
+
+            log(f"writer, {args.writer_rows:,} rows ...")
+            figures["writer"] = writer_rates(args.writer_rows, folder=tmp)
+            figures["append"] = append_rate(args.writer_rows, tmp)
+        for size in [int(x) for x in args.broken.split(",") if x] if "broken" in only else []:
+            folder = broken_folder(scratch / f"broken-{size}", size)
+            cluster = RayCluster(2, cpus)
+            try:
+                local_wall, rows, _ = label(folder, model, tmp / "broken-local.csv")
+                ray_wall, ray_rows, _ = label(folder, model, tmp / "broken-ray.csv", "--engine", "ray", "--ray-address", cluster.address)
+            finally:
+                cluster.close()
+            assert rows == ray_rows == size, (rows, ray_rows, size)
+            same = (tmp / "broken-local.csv").read_bytes() == (tmp / "broken-ray.csv").read_bytes()
+            broken[size] = {"local": size / local_wall, "ray": size / ray_wall, "same": same}
+            log(f"broken {size:,}: local {size / local_wall:,.0f} rows/s, ray {size / ray_wall:,.0f} rows/s, CSVs equal: {same}")
+        if "listing" in only and args.list_keys:
+            log(f"listing {args.list_keys:,} keys on moto ...")
+            figures["listing"] = listing_rates(args.list_keys, args.list_latency_ms)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    local = results["local"]
     print()
-    print(f"scale-out on this machine: {n} photos, {cpus} CPUs, model {model}")
-    print(f"{'engine':<14} {'images/s':>9} {'x local':>8} {'labeling/s':>11} {'16 files, s':>12}   CSV equals local")
-    for name, r in results.items():
-        same = "yes" if csvs[name] == csvs["local"] else "NO"
-        print(f"{name:<14} {r['rate']:>9.1f} {r['rate'] / local['rate']:>8.2f} {r['labeling_rate']:>11.1f} {r['start']:>12.1f}   {same}")
-    print(f"driver: writes {driver:,.0f} rows/s (sort + CSV + fsync per 64-row batch); Ray hands back {receive:,.0f} rows/s from idle actors")
-    ray2 = results["ray, 2 nodes"]
-    per_core = ray2["labeling_rate"] / cpus
-    print()
-    print(f"on paper, {TARGET:,} images, nodes of {NODE_CORES} cores at this run's Ray rate of {per_core:.0f} images/s per core "
-          f"(start-up {ray2['start']:.0f} s):")
-    for line in paper_table(per_core, ray2["start"], driver, receive):
-        print(line)
+    print(f"scale-out on this machine ({cpus} CPUs), model {model}")
+    if photos:
+        local = photos["local"]
+        print(f"{figures['photos']} photos: {'engine':<14} {'images/s':>9} {'x local':>8} {'labeling/s':>11} {'16 files, s':>12}   CSV equals local")
+        for name, r in photos.items():
+            print(f"{'':>{len(str(figures['photos'])) + 8}} {name:<14} {r['rate']:>9.1f} {r['rate'] / local['rate']:>8.2f} "
+                  f"{r['labeling_rate']:>11.1f} {r['start']:>12.1f}   {'yes' if r['same'] else 'NO'}")
+    if "new" in figures:
+        (old_all, old_steady), (new_all, new_steady) = figures["old"], figures["new"]
+        print(f"hand-back from do-nothing actors, 2 nodes: old {old_all:,.0f} rows/s ({old_steady:,.0f} steady), "
+              f"new {new_all:,.0f} rows/s ({new_steady:,.0f} steady): x{new_all / old_all:.1f} ({new_steady / old_steady:.1f} steady)")
+    if "writer" in figures:
+        w = figures["writer"]
+        print(f"CSV writer (format + write, 64-row batches): before {w['before']:,.0f} rows/s, after {w['after']:,.0f} rows/s "
+              f"(x{w['after'] / w['before']:.0f}); appending formatted 4,096-row blocks: {figures['append']:,.0f} rows/s")
+    for size, r in broken.items():
+        print(f"broken files, {size:,}: local {r['local']:,.0f} rows/s, ray (2 nodes) {r['ray']:,.0f} rows/s, "
+              f"ray/local {r['ray'] / r['local']:.2f}, CSVs equal: {'yes' if r['same'] else 'NO'}")
+    if "listing" in figures:
+        lr = figures["listing"]
+        print(f"S3 listing, {args.list_keys:,} keys on moto: serial {lr['serial']:,.0f} keys/s, concurrent {lr['concurrent']:,.0f} "
+              f"(x{lr['concurrent'] / lr['serial']:.1f}); with {args.list_latency_ms:g} ms per request: serial {lr['serial +latency']:,.0f}, "
+              f"concurrent {lr['concurrent +latency']:,.0f} (x{lr['concurrent +latency'] / lr['serial +latency']:.1f})")
+    if photos and "new" in figures and "append" in figures:
+        ray2 = photos["ray, 2 nodes"]
+        per_core = ray2["labeling_rate"] / cpus
+        list_rate = figures["listing"]["concurrent +latency"] if "listing" in figures else float("inf")
+        print()
+        print(f"on paper, {TARGET:,} images, nodes of {NODE_CORES} cores at this run's Ray rate of {per_core:.0f} images/s per core, "
+              f"start-up {ray2['start']:.0f} s, listing at {list_rate:,.0f} keys/s, hand-back {figures['new'][1]:,.0f} rows/s (steady), "
+              f"appends {figures['append']:,.0f} rows/s:")
+        for line in paper_table(per_core, ray2["start"], figures["new"][1], figures["append"], list_rate):
+            print(line)
 
 
 if __name__ == "__main__":
