@@ -277,21 +277,65 @@ def listing_rates(keys: int, latency_ms: float) -> dict[str, float]:
     return rates
 
 
-def paper_table(per_core: float, start_s: float, handback: float, append: float, list_rate: float) -> list[str]:
-    """Hours for TARGET images on 1, 10, 100 and 1,000 nodes of NODE_CORES cores: listing, then start-up, then the
-    slowest of the workers, Ray's hand-back to the driver and the driver's CSV appends."""
-    lines = [f"{'nodes':>5} {'cores':>6} {'workers img/s':>14} {'bound by':>10} {'images/s':>10} {'hours':>6} {'x per node':>10}"]
-    one = None
+def parse_rate() -> float:
+    """Keys/s botocore parses ListObjectsV2 pages at on one core: a listing's ceiling in one driver process,
+    however many requests are in flight (the answers are parsed in its one event loop)."""
+    import botocore.session
+    from botocore.parsers import create_parser
+
+    shape = botocore.session.get_session().get_service_model("s3").operation_model("ListObjectsV2").output_shape
+    items = "".join(
+        f"<Contents><Key>photos/{i % 200:03d}/{i // 200 % 10}/img_{i:08d}.jpg</Key><LastModified>2026-01-01T00:00:00.000Z"
+        f"</LastModified><ETag>&quot;{i:032x}&quot;</ETag><Size>123456</Size><StorageClass>STANDARD</StorageClass></Contents>"
+        for i in range(1000)
+    )
+    body = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<Name>b</Name><Prefix>photos/</Prefix><KeyCount>1000</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true"
+            f"</IsTruncated><NextContinuationToken>t</NextContinuationToken>{items}</ListBucketResult>").encode()
+    parser, pages = create_parser("rest-xml"), 20
+    started = time.process_time()
+    for _ in range(pages):
+        parser.parse({"body": body, "headers": {}, "status_code": 200}, shape)
+    return pages * 1000 / (time.process_time() - started)
+
+
+def local_list_rate(folder: Path) -> float:
+    """Files/s `LocalSource.list` walks `folder` at (page cache warm), and the driver's other per-file work
+    before the first block (files digest, Arrow blocks) added in."""
+    from unittest import mock
+
+    from catdog.labeling.ray_engine import _dataset
+    from catdog.labeling.sources import LocalSource, files_digest
+
+    started = time.perf_counter()
+    listing = LocalSource(str(folder)).list()
+    files_digest(listing.paths)
+    with mock.patch("ray.data.from_blocks", lambda blocks: blocks):
+        _dataset(listing, 4096)
+    return len(listing) / (time.perf_counter() - started)
+
+
+def paper_table(per_core: float, start_s: float, handback: float, append: float, folder_rate: float, s3_rate: float) -> list[str]:
+    """Hours for TARGET images on 1, 10, 100 and 1,000 nodes of NODE_CORES cores: the driver's listing (a shared
+    folder, or S3), then start-up, then the slowest of the workers, Ray's hand-back to the driver and the
+    driver's CSV appends; speed-up per node against one node, and what bounds each row."""
+    lines = [f"{'nodes':>5} {'cores':>6} {'workers img/s':>14} {'labeling bound':>15} {'folder h':>9} {'x/node':>6} "
+             f"{'S3 h':>6} {'x/node':>6}  bound by (folder; S3)"]
+    base = {}
     for nodes in (1, 10, 100, 1000):
         workers = per_core * NODE_CORES * nodes
-        limits = {"workers": workers, "hand-back": handback, "append": append}
+        limits = {"workers": workers, "hand-back": handback, "CSV appends": append}
         bound = min(limits, key=limits.get)
-        seconds = TARGET / list_rate + start_s + TARGET / limits[bound]
-        one = one or seconds
-        if TARGET / list_rate > TARGET / limits[bound]:
-            bound = "listing"
-        lines.append(f"{nodes:>5} {NODE_CORES * nodes:>6} {workers:>14,.0f} {bound:>10} {TARGET / seconds:>10,.0f} "
-                     f"{seconds / 3600:>6.2f} {one / seconds / nodes:>10.2f}")
+        label_s = TARGET / limits[bound]
+        cells, names = [], []
+        for source, rate in (("folder", folder_rate), ("S3", s3_rate)):
+            seconds = TARGET / rate + start_s + label_s
+            base.setdefault(source, seconds)
+            cells.append((seconds / 3600, base[source] / seconds / nodes))
+            parts = {"listing": TARGET / rate, "start-up": start_s, bound: label_s}
+            names.append(max(parts, key=parts.get))
+        lines.append(f"{nodes:>5} {NODE_CORES * nodes:>6} {workers:>14,.0f} {bound:>15} {cells[0][0]:>9.2f} {cells[0][1]:>6.2f} "
+                     f"{cells[1][0]:>6.2f} {cells[1][1]:>6.2f}  {names[0]}; {names[1]}")
     return lines
 
 
@@ -368,11 +412,13 @@ def main() -> None:
                 cluster.close()
             assert rows == ray_rows == size, (rows, ray_rows, size)
             same = (tmp / "broken-local.csv").read_bytes() == (tmp / "broken-ray.csv").read_bytes()
-            broken[size] = {"local": size / local_wall, "ray": size / ray_wall, "same": same}
+            broken[size] = {"local": size / local_wall, "ray": size / ray_wall, "same": same, "walls": (local_wall, ray_wall)}
+            figures["folder"] = local_list_rate(folder)
             log(f"broken {size:,}: local {size / local_wall:,.0f} rows/s, ray {size / ray_wall:,.0f} rows/s, CSVs equal: {same}")
         if "listing" in only and args.list_keys:
             log(f"listing {args.list_keys:,} keys on moto ...")
             figures["listing"] = listing_rates(args.list_keys, args.list_latency_ms)
+        figures["parse"] = parse_rate()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -395,20 +441,25 @@ def main() -> None:
     for size, r in broken.items():
         print(f"broken files, {size:,}: local {r['local']:,.0f} rows/s, ray (2 nodes) {r['ray']:,.0f} rows/s, "
               f"ray/local {r['ray'] / r['local']:.2f}, CSVs equal: {'yes' if r['same'] else 'NO'}")
+    if len(broken) > 1:  # between the smallest and the largest folder the fixed seconds cancel
+        (small, a), (large, b) = min(broken.items()), max(broken.items())
+        local_rate, ray_rate = (large - small) / (b["walls"][0] - a["walls"][0]), (large - small) / (b["walls"][1] - a["walls"][1])
+        print(f"broken files, {small:,} -> {large:,} (start-up cancels): local {local_rate:,.0f} rows/s, ray {ray_rate:,.0f} rows/s, "
+              f"ray/local {ray_rate / local_rate:.2f}")
     if "listing" in figures:
         lr = figures["listing"]
         print(f"S3 listing, {args.list_keys:,} keys on moto: serial {lr['serial']:,.0f} keys/s, concurrent {lr['concurrent']:,.0f} "
               f"(x{lr['concurrent'] / lr['serial']:.1f}); with {args.list_latency_ms:g} ms per request: serial {lr['serial +latency']:,.0f}, "
               f"concurrent {lr['concurrent +latency']:,.0f} (x{lr['concurrent +latency'] / lr['serial +latency']:.1f})")
-    if photos and "new" in figures and "append" in figures:
+    if photos and "new" in figures and "append" in figures and broken:
         ray2 = photos["ray, 2 nodes"]
         per_core = ray2["labeling_rate"] / cpus
-        list_rate = figures["listing"]["concurrent +latency"] if "listing" in figures else float("inf")
+        print(f"driver before the first block: a folder listed (+ digest, blocks) at {figures['folder']:,.0f} files/s; "
+              f"S3 pages parsed at {figures['parse']:,.0f} keys/s (one core: the concurrent listing's ceiling)")
         print()
         print(f"on paper, {TARGET:,} images, nodes of {NODE_CORES} cores at this run's Ray rate of {per_core:.0f} images/s per core, "
-              f"start-up {ray2['start']:.0f} s, listing at {list_rate:,.0f} keys/s, hand-back {figures['new'][1]:,.0f} rows/s (steady), "
-              f"appends {figures['append']:,.0f} rows/s:")
-        for line in paper_table(per_core, ray2["start"], figures["new"][1], figures["append"], list_rate):
+              f"start-up {ray2['start']:.0f} s, hand-back {figures['new'][1]:,.0f} rows/s (steady), appends {figures['append']:,.0f} rows/s:")
+        for line in paper_table(per_core, ray2["start"], figures["new"][1], figures["append"], figures["folder"], figures["parse"]):
             print(line)
 
 
