@@ -100,3 +100,34 @@ def test_libreoffice_reads_the_export_as_text_but_the_csv_as_formulas(tmp_path):
     assert shown["labels.xlsx"] == sorted(RISKY)
     as_csv = dict(zip(sorted(RISKY), shown["labels.csv"]))
     assert as_csv[RISKY[0]] == "Open photo" and as_csv["007"] == "7", "the plain CSV is what the export protects from"
+
+
+def test_names_xml_cannot_hold_are_shown_escaped_and_the_sheet_stays_xml(tmp_path):
+    """U+FFFE and U+FFFF are valid UTF-8 in a file name but not XML: written as they are, the sheet is not XML and
+    LibreOffice opens the workbook with no rows at all."""
+    import xml.etree.ElementTree as ET
+
+    names = ["a\uffff.jpg", "b\ufffe.jpg", "c\x01.jpg"]
+    with open(tmp_path / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\r\n")
+        writer.writerow(HEADER)
+        writer.writerows([name, "dog", "0.734512", "0.912345", "ok", ""] for name in sorted(names))
+    catdog("export-xlsx", tmp_path / "labels.csv", "--out", tmp_path / "labels.xlsx")
+    with zipfile.ZipFile(tmp_path / "labels.xlsx") as zf:
+        ET.fromstring(zf.read("xl/worksheets/sheet1.xml"))  # well-formed
+    book = openpyxl.load_workbook(tmp_path / "labels.xlsx")
+    paths = [row[0] for row in book["labels"].iter_rows(min_row=2, values_only=True)]
+    assert paths == ["a\\uffff.jpg", "b\\ufffe.jpg", "c\\x01.jpg"]
+
+
+def test_a_row_refused_midway_is_one_error_line_and_no_workbook(tmp_path):
+    rows = write_risky_csv(tmp_path / "labels.csv")
+    text = (tmp_path / "labels.csv").read_text(encoding="utf-8")
+    bad = text.replace(",dog,", ",banana,", 1)
+    assert bad != text and len(rows) > 3
+    (tmp_path / "labels.csv").write_text(bad, encoding="utf-8", newline="")
+    result = catdog("export-xlsx", tmp_path / "labels.csv", "--out", tmp_path / "labels.xlsx", check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: "), result.stderr
+    assert "'banana'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]

@@ -10,6 +10,7 @@ at most 1,048,576 rows, so a larger CSV continues on further sheets (`labels 2`,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from catdog.labeling.reading import LabelsReader, check_new_output
 
 SHEET_ROWS = 1_048_576  # rows per sheet in Excel and LibreOffice, the header included
 _SCORES = ("p_dog", "pet_score")
+# What XML 1.0 cannot hold besides the control characters of openpyxl's ILLEGAL_CHARACTERS_RE: U+FFFE and U+FFFF,
+# valid UTF-8 in a file name. openpyxl writes them as they are, and the sheet is then not XML (LibreOffice opens
+# it with no rows at all).
+_NOT_XML = "[\ufffe\uffff]"
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,8 @@ def _openpyxl():
 
 def export_xlsx(labels_csv: Path, out: Path, overwrite: bool = False) -> ExportResult:
     """Write `labels_csv` (checked as `report` and `merge-labels` check it) to the workbook `out`."""
-    openpyxl, WriteOnlyCell, illegal = _openpyxl()
+    openpyxl, WriteOnlyCell, control = _openpyxl()
+    illegal = re.compile(f"{control.pattern}|{_NOT_XML}")
     out = Path(out)
     check_new_output(out, overwrite, "an .xlsx")
     if out.exists() and Path(labels_csv).exists() and out.samefile(labels_csv):
@@ -66,18 +72,25 @@ def export_xlsx(labels_csv: Path, out: Path, overwrite: bool = False) -> ExportR
             cell.data_type = "s"
             return cell
 
-        for fields in reader.fields():
-            if sheet is None or in_sheet == SHEET_ROWS:
-                sheet = book.create_sheet("labels" if sheet is None else f"labels {len(book.worksheets) + 1}")
-                sheet.append([text(name) for name in header])
-                in_sheet = 1
-            row = [text(value) for value in fields]
-            for i in scores:
-                if fields[i]:
-                    row[i] = float(fields[i])
-            sheet.append(row)
-            in_sheet += 1
-            rows += 1
+        try:
+            for fields in reader.fields():
+                if sheet is None or in_sheet == SHEET_ROWS:
+                    sheet = book.create_sheet("labels" if sheet is None else f"labels {len(book.worksheets) + 1}")
+                    sheet.append([text(name) for name in header])
+                    in_sheet = 1
+                row = [text(value) for value in fields]
+                for i in scores:
+                    if fields[i]:
+                        row[i] = float(fields[i])
+                sheet.append(row)
+                in_sheet += 1
+                rows += 1
+        except BaseException:
+            # A refused row: end the sheets' writers now. Left to the garbage collector, they would write to
+            # their closed temporary files and openpyxl would print a traceback after the one-line error.
+            for written in book.worksheets:
+                written.close()
+            raise
         if sheet is None:
             sheet = book.create_sheet("labels")
             sheet.append([text(name) for name in header])
