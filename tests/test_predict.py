@@ -205,6 +205,7 @@ def test_threshold_defaults_to_the_models_and_can_be_overridden(tiny_bundle, tmp
         ("no_meta", "model metadata not found"),
         ("bad_meta", "invalid model metadata"),
         ("classes_not_a_list", "invalid model metadata"),
+        ("nested_meta", "invalid model metadata"),
         ("missing_folder", "folder not found"),
         ("bad_shard", "invalid --shard"),
     ],
@@ -228,6 +229,8 @@ def test_bad_model_or_folder_exits_nonzero_with_one_line(tiny_bundle, tmp_path, 
     elif setup == "classes_not_a_list":
         meta = json.loads((tiny_bundle / "meta.json").read_text())
         (model / "meta.json").write_text(json.dumps({**meta, "classes": "cd"}))
+    elif setup == "nested_meta":  # deeper than Python's JSON decoder recurses
+        (model / "meta.json").write_text("[" * 100_000)
     elif setup == "missing_folder":
         folder = tmp_path / "nowhere"
     elif setup == "bad_shard":

@@ -230,3 +230,14 @@ def test_a_killed_runs_leftovers_are_cleared_without_a_misleading_message(photos
     result = catdog("predict-folder", photos, "--model", tiny_bundle, "--out", out)
     assert "interrupted" not in result.stderr and out.read_bytes() == straight.read_bytes()
     assert not progress_path(out).exists() and not any(tmp.exists() for tmp in tmp_files)
+
+
+def test_a_progress_file_nested_too_deeply_is_refused_in_one_line(photos, tiny_bundle, straight, tmp_path):
+    out = tmp_path / "labels.csv"
+    label_until_interrupted(photos, tiny_bundle, out, at=3)
+    progress_path(out).write_text("[" * 100_000)  # deeper than Python's JSON decoder recurses
+    result = catdog("predict-folder", photos, "--model", tiny_bundle, "--out", out, "--resume", check=False)
+    line = one_error_line(result)
+    assert line == f"error: cannot resume: {progress_path(out)} is unreadable; rerun with --overwrite to start over"
+    catdog("predict-folder", photos, "--model", tiny_bundle, "--out", out, "--overwrite")
+    assert out.read_bytes() == straight.read_bytes()

@@ -347,7 +347,7 @@ class LabelsCSV:
         try:
             with os.fdopen(fd, "rb") as fh:
                 saved = json.loads(fh.read().decode("utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
             raise self._refuse(f"{self.progress} is unreadable") from None
         if not isinstance(saved, dict) or saved.get("version") != PROGRESS_VERSION or saved.get("key") != self.key:
             raise self._refuse(

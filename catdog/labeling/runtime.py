@@ -41,6 +41,8 @@ class ModelMeta:
             )
         except FileNotFoundError:
             raise CatdogError(f"model metadata not found: {path} (expected beside the model)") from None
+        except RecursionError:
+            raise CatdogError(f"invalid model metadata {path}: JSON nested too deeply") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CatdogError(f"invalid model metadata {path}: {' '.join(str(exc).split())}") from None
         names_ok = isinstance(raw["classes"], list) and all(isinstance(c, str) and c for c in meta.classes)
