@@ -211,6 +211,19 @@ def test_label_folder_is_predict_folder(photos, tiny_bundle, tmp_path):
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.parametrize("options", [
+    {"shard": (5, 2)}, {"shard": (0, 0)}, {"shard": [0, 2]}, {"batch_size": 0}, {"batch_size": "8"}, {"workers": 0},
+    {"max_pixels": -1},
+], ids=repr)
+def test_label_folder_refuses_options_the_cli_would_refuse_in_one_line(photos, tiny_bundle, tmp_path, options):
+    """Checked where the run starts, not only by the CLI's parser: a shard (5, 2) labeled no file and wrote an
+    empty CSV, batch_size=0 was a ValueError from deep inside, max_pixels=-1 made every row an error."""
+    with pytest.raises(CatdogError, match=r"^invalid (shard|batch_size|workers|max_pixels) ") as caught:
+        catdog.label_folder(photos, tmp_path / "api.csv", model=tiny_bundle, **options)
+    assert "\n" not in str(caught.value)
+    assert not any(tmp_path.glob("api.csv*"))
+
+
 def test_read_labels_types_the_columns_and_round_trips_hostile_names(hostile, tiny_bundle, tmp_path):
     root, expected_status = hostile
     for name in ("NA", "null", "nan", "back\\slash.jpg", os.fsdecode(b"caf\xe9.jpg")):

@@ -289,15 +289,10 @@ def load(bundle: str | os.PathLike, runtime: str = "auto", *, threshold: float |
     classes); `batch_size`, `workers` and `max_pixels` as there too. A missing or broken bundle, or a bad
     threshold, is a one-line `CatdogError`.
     """
-    from catdog.labeling.predict import decision_for
+    from catdog.labeling.predict import check_counts, decision_for
     from catdog.labeling.runtime import load_predictor
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise CatdogError(f"invalid batch_size {batch_size!r}: must be a whole number >= 1")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise CatdogError(f"invalid workers {workers!r}: must be a whole number >= 1")
-    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
-        raise CatdogError(f"invalid max_pixels {max_pixels!r}: must be a whole number >= 1")
+    check_counts(batch_size, workers, max_pixels)
     predictor = load_predictor(bundle, runtime)
     decision = decision_for(predictor.meta, _Overrides(threshold, pet_threshold, neither))  # type: ignore[arg-type]
     return Labeler(predictor, decision, batch_size, workers, max_pixels)

@@ -24,7 +24,7 @@ from catdog.labeling.update import check_update_output, identified, identity_dig
 
 ENGINES = ("local", "ray")
 
-__all__ = ["PredictOptions", "RayOptions", "Summary", "decision_for", "predict", "parse_shard", "progress_path", "resume_hint", "shard_of"]
+__all__ = ["PredictOptions", "RayOptions", "Summary", "check_counts", "decision_for", "predict", "parse_shard", "progress_path", "resume_hint", "shard_of"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,28 @@ class Summary:
         return self.labeled_now / self.seconds if self.seconds > 0 else 0.0
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_counts(batch_size: object, workers: object = None, max_pixels: object = None) -> None:
+    """What the CLI's options check for the sizes of a run, for callers that pass them from Python: a one-line
+    CatdogError naming the first that is not a whole number >= 1 (`workers` and `max_pixels` may be None)."""
+    for name, value, optional in (("batch_size", batch_size, False), ("workers", workers, True), ("max_pixels", max_pixels, True)):
+        if not (_is_count(value) or (optional and value is None)):
+            raise CatdogError(f"invalid {name} {value!r}: must be a whole number >= 1")
+
+
+def _check_options(options: PredictOptions) -> None:
+    """The options the CLI checks while parsing (`parse_shard`, typer's minimums), checked again for a caller
+    that built PredictOptions itself (the Python API): a shard (5, 2) would otherwise label no file at all."""
+    check_counts(options.batch_size, options.workers, options.max_pixels)
+    shard = options.shard
+    if not (isinstance(shard, tuple) and len(shard) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+            and 0 <= shard[0] < shard[1]):
+        raise CatdogError(f"invalid shard {shard!r}: must be (K, N) with 0 <= K < N")
+
+
 def _model_digest(options: PredictOptions) -> str:
     """The content digest of the model file this run uses and its meta.json: the resume key and the job record's."""
     model_file, _ = resolve_model_file(options.model, options.runtime)
@@ -99,6 +121,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None, say: Ca
     load the bundle themselves. `say` gets the one line an update prints before it relabels every file.
     """
     started = time.perf_counter()
+    _check_options(options)
     if options.engine not in ENGINES:
         raise CatdogError(f"unknown engine {options.engine!r}: choose one of {', '.join(ENGINES)}")
     check_out_path(options.out)
