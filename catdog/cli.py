@@ -90,7 +90,10 @@ def train(
 
     result = run(load_params(params), train_csv, val_csv, images, weights, model_dir, live_dir)
     m = result.val_metrics
-    _say(f"trained {result.epochs_run} epochs; val accuracy {m['accuracy']:.4f} at threshold {result.threshold:.3f} -> {model_dir}")
+    _say(
+        f"trained {result.epochs_run} epochs; val accuracy {m['accuracy']:.4f} at threshold {result.threshold:.3f}, "
+        f"pet threshold {result.pet_threshold:.6f} -> {model_dir}"
+    )
 
 
 @app.command()
@@ -101,17 +104,27 @@ def evaluate(
     images: Annotated[Path, typer.Option(help="Folder the manifest paths are relative to.")],
     metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")],
     plots_dir: Annotated[Path, typer.Option(help="Folder for plot data (CSV) and the contact sheet.")],
+    nonpets: Annotated[str, typer.Option(help="Folder of photos that are neither cats nor dogs: report the share labeled neither per subfolder, and an AUROC (empty: none).")] = "",
 ) -> None:
-    """Score the test split at the model's threshold; write metrics and plots."""
+    """Score the test split at the model's thresholds; write metrics and plots."""
     from catdog.training.evaluate import evaluate as run
     from catdog.training.params import load_params
     from catdog.labeling.runtime import load_predictor
 
     p = load_params(params)
-    result = run(load_predictor(model), test_csv, images, metrics, plots_dir, p.evaluate.n_wrong, p.evaluate.batch_size)
+    result = run(
+        load_predictor(model), test_csv, images, metrics, plots_dir, p.evaluate.n_wrong, p.evaluate.batch_size,
+        Path(nonpets) if nonpets else None,
+    )
     t = result["test"]
     ci = t["accuracy_ci95"]
     _say(f"test accuracy {t['accuracy']:.4f} (95% CI {ci['low']:.4f}-{ci['high']:.4f}), ROC AUC {t['roc_auc']}, n {t['n']} -> {metrics}")
+    if "neither" in result:
+        n = result["neither"]
+        line = f"test pets keeping their label {n['test_kept']:.4f} (accuracy {n['test_kept_accuracy']}) at pet threshold {n['pet_threshold']}"
+        if "nonpets" in n:
+            line += f"; non-pets labeled neither {n['nonpets']['neither']:.4f}, AUROC {n['nonpets']['roc_auc']}"
+        _say(line)
 
 
 @app.command("predict-folder")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from catdog.errors import CatdogError
@@ -111,14 +112,20 @@ def accuracy_metric() -> keras.metrics.Metric:
     return keras.metrics.MeanMetricWrapper(hard_label_accuracy, name="accuracy")
 
 
+def first_open_block(model: keras.Model, blocks: int) -> int:
+    """The first inverted-residual block of the backbone that `unfreeze_top_blocks(model, blocks)` opens."""
+    base = model.get_layer(BACKBONE)
+    block_ids = sorted({int(l.name.split("_")[1]) for l in base.layers if l.name.startswith("block_")})
+    return block_ids[-blocks] if blocks <= len(block_ids) else block_ids[0]
+
+
 def unfreeze_top_blocks(model: keras.Model, blocks: int) -> int:
     """Make the last `blocks` inverted-residual blocks of the backbone (and its final conv) trainable.
 
     Returns the number of backbone layers made trainable. Batch-norm layers stay frozen.
     """
     base = model.get_layer(BACKBONE)
-    block_ids = sorted({int(l.name.split("_")[1]) for l in base.layers if l.name.startswith("block_")})
-    first = block_ids[-blocks] if blocks <= len(block_ids) else block_ids[0]
+    first = first_open_block(model, blocks)
     base.trainable = True
     opened = 0
     tail = False
@@ -128,6 +135,55 @@ def unfreeze_top_blocks(model: keras.Model, blocks: int) -> int:
         layer.trainable = tail and not isinstance(layer, layers.BatchNormalization)
         opened += int(layer.trainable)
     return opened
+
+
+# The pet score's features (catdog.training.detector): pooled outputs of the *ImageNet* backbone's last block and
+# final conv. Measured on held-out breeds and classes (README, "Neither a cat nor a dog"), they separate pets from
+# other things better than the fine-tuned features, which have learnt to ignore what does not tell a cat from a dog.
+PET_LAYERS = ("block_16_project_BN", "out_relu")
+
+
+@dataclass
+class PetGraph:
+    """A new graph over the trained model's layers: its input, p_dog (n, 1) and the pooled pet features."""
+
+    inputs: object
+    p_dog: object
+    pooled: list
+
+
+def pet_graph(model: keras.Model, params: TrainParams, weights: Path | None, first_tuned: int | None) -> PetGraph:
+    """The trained classifier rewired to also expose the pet features.
+
+    mobilenet_v2: PET_LAYERS of the ImageNet backbone. When fine-tuning changed blocks `first_tuned` and up,
+    an ImageNet copy of just those blocks (loaded from `weights`) runs beside them on the shared lower blocks'
+    output, so the features stay ImageNet's at the cost of the top blocks only. Other models: the input of the
+    final Dense layer (the classifier's own penultimate features).
+    """
+    if params.model != "mobilenet_v2":
+        return PetGraph(model.inputs[0], model.output, [model.layers[-1].input])
+    size = model.inputs[0].shape[1]
+    inputs = keras.Input((size, size, 3), name="image")
+    rescale, base = (next(l for l in model.layers if isinstance(l, kind)) for kind in (layers.Rescaling, keras.Model))
+    pool, dropout, dense = model.layers[-3:]
+    x = rescale(inputs)
+    if first_tuned is None:
+        trunk = keras.Model(base.inputs, [base.get_layer(n).output for n in PET_LAYERS], name="trunk")
+        taps = trunk(x)
+        top = taps[PET_LAYERS.index("out_relu")]
+    else:
+        split = f"block_{first_tuned}_expand"
+        imagenet = keras.applications.MobileNetV2(
+            input_shape=(size, size, 3), alpha=params.alpha, include_top=False, weights=str(weights)
+        )
+        tail = keras.Model(imagenet.get_layer(split).input, [imagenet.get_layer(n).output for n in PET_LAYERS], name="imagenet_top")
+        tail.trainable = False
+        trunk = keras.Model(base.inputs, [base.get_layer(split).input, base.output], name="trunk")
+        shared, top = trunk(x)
+        taps = tail(shared)
+    p_dog = dense(dropout(pool(top)))
+    pooled = [layers.GlobalAveragePooling2D(name=f"pet_pool_{i}")(t) for i, t in enumerate(taps)]
+    return PetGraph(inputs, p_dog, pooled)
 
 
 def _flops(layer: keras.layers.Layer) -> int:

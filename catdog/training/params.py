@@ -66,6 +66,10 @@ class SplitParams(_Section):
         return self
 
 
+class NeitherParams(_Section):
+    keep_pets: float = Field(0.99, gt=0, le=1)  # share of val pets whose pet_score must reach pet_threshold
+
+
 class TrainParams(_Section):
     model: Literal["seed_cnn", "small_cnn", "mobilenet_v2"] = "mobilenet_v2"
     alpha: float = 0.5
@@ -83,6 +87,7 @@ class TrainParams(_Section):
     patience: int = Field(3, ge=1)
     threshold: Literal["fixed", "accuracy", "f1"] = "fixed"
     fixed_threshold: float = Field(0.5, gt=0, lt=1)
+    neither: NeitherParams = NeitherParams()
 
     @field_validator("alpha")
     @classmethod
@@ -95,6 +100,7 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     n_wrong: int = Field(16, ge=0, le=100)
     batch_size: int = Field(64, ge=1)
+    nonpets: str = ""  # folder of non-pet photos; dvc.yaml passes it to `evaluate --nonpets` ("" = none)
 
 
 class PredictParams(_Section):

@@ -1,7 +1,8 @@
 """Training: seeded, deterministic fit with early stopping and dvclive logs; saves the model bundle.
 
-The bundle (a folder) holds `model.keras`, the LiteRT export `model.tflite`, and `meta.json` with
-the class names, image size, the decision threshold chosen on the val split, the training params,
+The bundle (a folder) holds `model.keras`, the LiteRT export `model.tflite` (both return (n, 2): p_dog and
+the pet score of catdog.training.detector), and `meta.json` with the class names, image size, the decision
+threshold and the pet threshold chosen on the val split, the training params,
 the model's cost (parameters, FLOPs per image) and which phase gave the exported weights. The
 exported weights are the best by val loss over the whole run: fine-tuning that never beats the
 frozen phase's best epoch is undone.
@@ -24,9 +25,13 @@ from catdog import __version__
 from catdog.training.data import make_dataset
 from catdog.errors import CatdogError
 from catdog.fsutil import replace_dir, temp_dir_beside, write_json
+from catdog.training.detector import DESCRIPTION as PET_SCORE_DESCRIPTION
+from catdog.training.detector import choose_pet_threshold, fit_detector, pet_score_head, set_head_weights
 from catdog.training.metrics import choose_threshold, classification_metrics
-from catdog.training.model import accuracy_metric, build_model, flops_per_image, optimizer, unfreeze_top_blocks
-from catdog.training.params import Params
+from catdog.training.model import (
+    accuracy_metric, build_model, first_open_block, flops_per_image, optimizer, pet_graph, unfreeze_top_blocks,
+)
+from catdog.training.params import Params, TrainParams
 from catdog.training.split import read_manifest
 from catdog.tfsetup import import_tf, seed_everything
 
@@ -42,6 +47,7 @@ class TrainResult:
     epochs_run: int
     threshold: float
     val_metrics: dict
+    pet_threshold: float
 
 
 class _LiveLogger(keras.callbacks.Callback):
@@ -106,6 +112,18 @@ def export_tflite(model: keras.Model, dest: Path) -> None:
         dest.write_bytes(converter.convert())
 
 
+def with_pet_score(model: keras.Model, cfg: TrainParams, weights: Path | None, first_tuned: int | None, train_ds, train_y: list[int]) -> keras.Model:
+    """The exported model: the classifier plus the pet score (catdog.training.detector) fitted on `train_ds`
+    (the train split, unaugmented, in `train_y`'s order); it returns (n, 2): [p_dog, pet_score]."""
+    graph = pet_graph(model, cfg, weights, first_tuned)
+    features = keras.Model(graph.inputs, graph.pooled).predict(train_ds, verbose=0)
+    detector = fit_detector(features if isinstance(features, list) else [features], np.asarray(train_y))
+    score = pet_score_head(graph.pooled, detector)
+    exported = keras.Model(graph.inputs, keras.layers.Concatenate(name="p_dog_pet_score")([graph.p_dog, score]), name=model.name)
+    set_head_weights(exported, detector)
+    return exported
+
+
 def train(
     params: Params, train_csv: Path, val_csv: Path, images: Path, weights: Path | None, model_dir: Path, live_dir: Path
 ) -> TrainResult:
@@ -163,14 +181,18 @@ def train(
         raise CatdogError(f"training input failed: {detail.strip()}") from None
     live.end()
 
-    p_val = model.predict(val_ds, verbose=0).reshape(-1)
+    tuned = first_open_block(model, cfg.fine_tune_blocks) if best_phase == "fine_tune" else None
+    exported = with_pet_score(model, cfg, weights, tuned, make_dataset(train_x, train_y, size, cfg.batch_size, max_pixels=max_pixels), train_y)
+
+    p_val, pet_val = exported.predict(val_ds, verbose=0).T
     threshold = choose_threshold(np.asarray(val_y), p_val, cfg.threshold, cfg.fixed_threshold)
+    pet_threshold = choose_pet_threshold(pet_val, cfg.neither.keep_pets)
     val_metrics = classification_metrics(np.asarray(val_y), p_val, threshold)
 
     tmp = temp_dir_beside(model_dir)
     try:
-        save_keras(model, tmp / "model.keras")
-        export_tflite(model, tmp / "model.tflite")
+        save_keras(exported, tmp / "model.keras")
+        export_tflite(exported, tmp / "model.tflite")
         write_json(
             tmp / "meta.json",
             {
@@ -182,10 +204,14 @@ def train(
                 "input": INPUT_DESCRIPTION,
                 "threshold": threshold,
                 "threshold_method": cfg.threshold,
+                "outputs": ["p_dog", "pet_score"],
+                "pet_threshold": pet_threshold,
+                "pet_score": PET_SCORE_DESCRIPTION,
+                "pet_keep_val": round(float(np.mean(np.round(pet_val, 6) >= pet_threshold)), 6),
                 "seed": params.base.seed,
                 "train_params": cfg.model_dump(),
-                "param_count": int(model.count_params()),
-                "flops_per_image": flops_per_image(model),
+                "param_count": int(exported.count_params()),
+                "flops_per_image": flops_per_image(exported),
                 "epochs_run": epochs_run,
                 "best_phase": best_phase,
                 "best_val_loss": best_loss if math.isfinite(best_loss) else None,
@@ -196,4 +222,4 @@ def train(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, model_dir)
-    return TrainResult(model_dir, epochs_run, threshold, val_metrics)
+    return TrainResult(model_dir, epochs_run, threshold, val_metrics, pet_threshold)
