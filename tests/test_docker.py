@@ -88,7 +88,7 @@ def assert_labels(path: Path) -> list[dict[str, str]]:
     assert len(by_path) == len(rows) == len(REAL_PHOTOS) + len(BROKEN) + 1
     for rel in REAL_PHOTOS + ["synthetic/red.png"]:
         row = by_path[rel]
-        assert row["status"] == "ok" and row["label"] in ("cat", "dog") and 0 <= float(row["p_dog"]) <= 1, row
+        assert row["status"] == "ok" and row["label"] in ("cat", "dog", "neither") and 0 <= float(row["p_dog"]) <= 1, row
         assert row["error"] == ""
     for rel in BROKEN:
         row = by_path[rel]

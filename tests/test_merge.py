@@ -464,9 +464,9 @@ def test_merge_checks_every_row_as_report_does(edit, job, tmp_path):
     """A shard edited by hand, its record's sha256 refreshed: only the rows themselves can show it."""
     shards = copy_shards(job, tmp_path)
     rows = read_rows(shards[1])
-    i = next(i for i, row in enumerate(rows) if row[COLUMNS.index("label")] in ("cat", "dog"))
+    i = next(i for i, row in enumerate(rows) if row[COLUMNS.index("label")] in ("cat", "dog", "neither"))
     label = rows[i][1]
-    rows[i][1] = "banana" if edit == "banana" else {"cat": "dog", "dog": "cat"}[label]
+    rows[i][1] = "banana" if edit == "banana" else {"cat": "dog", "dog": "cat", "neither": "cat"}[label]
     rewrite(shards[1], rows)
     needle = "label 'banana' is not one of cat, dog, neither" if edit == "banana" else f"label {rows[i][1]!r} does not follow from p_dog"
     assert_refused(merge(tmp_path / "out.csv", *shards), f"{shards[1]}: line {i + 2}: {needle}")
