@@ -131,6 +131,23 @@ def test_a_list_gives_results_in_order_with_an_error_in_place_of_a_broken_item(p
     assert labeler.classify([]) == []
 
 
+def test_links_and_empty_images_give_the_rows_predict_folder_gives(tiny_bundle, tmp_path):
+    """A broken symlink and a symlink loop say what their CSV rows say (not "file not found" / "is a directory"),
+    and an in-memory image without pixels is an error row, not a label."""
+    folder = tmp_path / "links"
+    make_image(folder / "a.jpg")
+    (folder / "broken.jpg").symlink_to("nowhere.jpg")
+    (folder / "loop.jpg").symlink_to("loop.jpg")
+    run_catdog("predict-folder", folder, "--model", tiny_bundle, "--out", tmp_path / "labels.csv")
+    rows = {row["path"]: row for row in read_rows(tmp_path / "labels.csv")}
+    labeler = catdog.load(tiny_bundle)
+    for name in ("a.jpg", "broken.jpg", "loop.jpg"):
+        assert as_row(labeler.classify(folder / name)) == expected(rows[name]), name
+    for empty in (Image.new("RGB", (0, 5)), Image.new("L", (7, 0))):
+        got = labeler.classify(empty)
+        assert got.status == "error" and got.label is None and "nothing to classify" in got.error
+
+
 def test_an_object_that_is_no_image_is_a_type_error(tiny_bundle):
     labeler = catdog.load(tiny_bundle)
     for bad in (42, None, {"path": "a.jpg"}, [Path("a.jpg"), 3.5]):

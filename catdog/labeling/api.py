@@ -10,8 +10,10 @@ label and the same printed scores here as in the CSV. Re-exported by `catdog` (l
 from __future__ import annotations
 
 import difflib
+import errno
 import io
 import os
+import stat
 import sys
 import threading
 from collections import deque
@@ -174,8 +176,9 @@ class Labeler:
         try:
             if isinstance(item, (str, os.PathLike)):
                 path = os.fsdecode(item)
-                if os.path.isdir(path):
-                    return "is a directory"
+                problem = _listing_problem(path)
+                if problem is not None:
+                    return problem
                 # The local source's reader, as predict-folder reads a listed file (FIFOs and sockets refused unread).
                 return decode(LocalSource("."), path_text(path), None, size, self.max_pixels, gate)
             if isinstance(item, (bytes, bytearray, memoryview)):
@@ -194,6 +197,18 @@ class Labeler:
             return describe_error(exc)
 
 
+def _listing_problem(path: str) -> str | None:
+    """What predict-folder's listing says about a path before reading it (a folder, a broken symlink, a symlink
+    loop), in the same words as its CSV row; None when the file is for the reader to try."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if os.path.islink(path):
+            return "symlink loop" if exc.errno == errno.ELOOP else "broken symlink"
+        return None  # the reader says why: file not found, permission denied, ...
+    return "is a directory" if stat.S_ISDIR(st.st_mode) else None
+
+
 def _is_array(item: Any) -> bool:
     numpy = sys.modules.get("numpy")  # an array exists only once NumPy is imported: no need to import it here
     return numpy is not None and isinstance(item, numpy.ndarray)
@@ -210,9 +225,12 @@ def _supported(item: Any) -> bool:
 
 
 def _fitted(im: Image.Image, size: int) -> np.ndarray:
-    """`images.fit_image` for an image already in memory; a mode Pillow cannot turn into RGB is an `ImageError`."""
+    """`images.fit_image` for an image already in memory; one without pixels, or of a mode Pillow cannot turn into
+    RGB, is an `ImageError`."""
     from catdog.images import ImageError, fit_image
 
+    if not (im.width and im.height):
+        raise ImageError(f"an image of {im.width}x{im.height} pixels: nothing to classify")
     try:
         return fit_image(im, size)
     except (ValueError, OSError) as exc:
