@@ -63,10 +63,11 @@ def test_a_run_whose_blocks_stop_short_is_refused(tmp_path):
 
 
 def test_blocks_are_whole_batches_and_give_every_actor_several():
-    assert block_rows(10_000_000, 2, 64) == BLOCK_ROWS  # few actors: as large as allowed
-    assert block_rows(30_000, 2, 64) == 1024  # 15 blocks per actor
-    assert block_rows(10_000_000, 800, 64) == 1024  # 12 per actor, and not so small the driver becomes the bound
+    assert block_rows(10_000_000, 2, 64) == BLOCK_ROWS  # few actors, many rows: as large as allowed
+    assert block_rows(30_000, 2, 64) == 256  # 58 blocks per actor: a short last one
+    assert block_rows(10_000_000, 800, 64) == 1600  # 7-8 per actor: not so small the driver becomes the bound
     assert 10_000_000 / block_rows(10_000_000, 8000, 64) >= 8000 * 3  # 8,000 actors: still a few blocks each
+    assert block_rows(46, 2, 2) == 4
     assert block_rows(46, 2, 8) == 8  # never less than one batch
     assert block_rows(1000, 1, 5000) == 5000  # nor more than one batch when a batch is that large
     assert all(block_rows(n, a, b) % b == 0 for n in (1, 999, 10**6) for a in (1, 7, 100) for b in (1, 64, 100))

@@ -37,13 +37,13 @@ if TYPE_CHECKING:
 
 RETRIES = 4  # restarts of a dead actor, and reruns of a block it was running
 ACTOR_WAIT_S = 600  # how long the actor pool may wait for CPUs before the run fails (Ray's default: for ever)
-# Rows per block. The driver pays per block, not per row (~20 ms here with the actors on the same 2 cores, so
-# ~50 blocks/s), and a block is the unit an actor is given, so: BLOCKS_PER_ACTOR blocks per actor, so none
-# is left with a long last block; but not under MIN_BLOCK_ROWS rows while each actor still gets
-# MIN_BLOCKS_PER_ACTOR (a large cluster on a modest listing), and never over BLOCK_ROWS.
+# Rows per block. A block is what an actor is given and hands back whole: the smaller, the shorter the last
+# one an actor finishes while the others wait (BLOCKS_PER_ACTOR blocks each); but the driver pays ~20 ms per
+# block here (not per row), so a large cluster gets blocks of at least BLOCK_ROWS_PER_ACTOR rows per actor
+# (while each still gets MIN_BLOCKS_PER_ACTOR), and no block has over BLOCK_ROWS.
 BLOCK_ROWS = 16384
-MIN_BLOCK_ROWS = 1024
-BLOCKS_PER_ACTOR = 16
+BLOCKS_PER_ACTOR = 64
+BLOCK_ROWS_PER_ACTOR = 2
 MIN_BLOCKS_PER_ACTOR = 4
 
 
@@ -59,9 +59,8 @@ def block_rows(rows: int, actors: int, batch_size: int) -> int:
     """Rows per block for `rows` files on `actors` actors: a whole number of batches (see BLOCK_ROWS)."""
     actors = max(actors, 1)
     wanted = -(-rows // (actors * BLOCKS_PER_ACTOR))
-    if wanted < MIN_BLOCK_ROWS:
-        wanted = min(MIN_BLOCK_ROWS, -(-rows // (actors * MIN_BLOCKS_PER_ACTOR)))
-    wanted = min(max(wanted, batch_size), max(BLOCK_ROWS, batch_size))
+    least = min(BLOCK_ROWS_PER_ACTOR * actors, -(-rows // (actors * MIN_BLOCKS_PER_ACTOR)))
+    wanted = min(max(wanted, least, batch_size), max(BLOCK_ROWS, batch_size))
     return -(-wanted // batch_size) * batch_size
 
 
