@@ -268,7 +268,7 @@ def test_mounted_model_labels_folder_in_place(images, photos, host_csv, threshol
     assert_labels(work / "labels.csv")
     assert_same_labels(work / "labels.csv", host_csv, threshold)
     leftovers = sorted(p.name for p in work.iterdir() if p.name.startswith(("labels.csv.", ".labels.csv")))
-    assert leftovers == []
+    assert leftovers == ["labels.csv.files", "labels.csv.job.json"], "no working files left, only what describes the CSV"
 
 
 def test_baked_model_read_only_input_output_owned_by_caller(images, photos, host_csv, threshold, tmp_path):
@@ -282,7 +282,7 @@ def test_baked_model_read_only_input_output_owned_by_caller(images, photos, host
     )
     csv_path = out / "labels.csv"
     assert (csv_path.stat().st_uid, csv_path.stat().st_gid) == (uid, gid)
-    assert sorted(p.name for p in out.iterdir()) == ["labels.csv", "labels.csv.job.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.csv", "labels.csv.files", "labels.csv.job.json"]
     assert sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*")) == before
     assert_labels(csv_path)
     assert_same_labels(csv_path, host_csv, threshold)
@@ -409,7 +409,7 @@ def test_indexed_job_pods_and_the_merge_job_give_the_single_run_csv(images, phot
         assert result.returncode == 0, (k, result.args, result.stderr)
         assert f"-> /out/labels-{k}.csv" in result.stderr
     shards = [f"labels-{k}.csv" for k in range(n)]
-    assert sorted(p.name for p in out.iterdir()) == sorted(shards + [f"{name}.job.json" for name in shards])
+    assert sorted(p.name for p in out.iterdir()) == sorted(shards + [f"{name}.{what}" for name in shards for what in ("job.json", "files")])
     merged = docker(*docker_run_as_kubernetes(merge_job, images["baked"], {"labels": out}, {}))
     assert f"merged {n} shards of /data" in merged.stderr
     single = writable_dir(tmp_path / "single")
