@@ -194,7 +194,7 @@ def old_csv_of_ok_rows(folder: Path, model: Path, out: Path) -> None:
     """A full run's CSV and sidecar on `folder` as if every file were an image (p_dog 0.25), without decoding."""
     import catdog.labeling.predict as predict_module
 
-    def engine(source, listing, predictor, options):
+    def engine(source, listing, predictor, options, decision=None):
         for start in range(0, len(listing.paths), 4096):
             yield [(rel, 0.25, None, None) for rel in listing.paths[start:start + 4096]]
 

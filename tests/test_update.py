@@ -116,9 +116,35 @@ def test_the_pet_threshold_and_no_neither_change_decodes_nothing(tmp_path, tiny_
     out = tmp_path / "labels.csv"
     label(folder, tiny_bundle, out, pets=True)
     assert b",neither," in out.read_bytes()
-    for options in ({"pet_threshold": 0.999}, {"pet_threshold": 0.001}, {"neither": False}, {}):
-        _, decoded, _ = label(folder, tiny_bundle, out, pets=True, update=True, **options)
+    for options in ({"pet_threshold": 0.999}, {"pet_threshold": 0.001}, {"neither": False}, {}, {}):
+        summary, decoded, _ = label(folder, tiny_bundle, out, pets=True, update=True, **options)
         assert decoded == 0 and out.read_bytes() == fresh(folder, tiny_bundle, tmp_path, pets=True, **options)
+        assert summary.neither == (None if options.get("neither") is False else out.read_bytes().count(b",neither,"))
+
+
+def test_resuming_inside_a_run_of_kept_rows_keeps_exactly_the_later_ones(photos, tiny_bundle, tmp_path):
+    from catdog.labeling.update import Kept, after, identified, plan_update
+    from catdog.labeling.sources import LocalSource
+
+    out = tmp_path / "labels.csv"
+    summary, _, _ = label(photos, tiny_bundle, out)
+    source = LocalSource(str(photos))
+    listing = identified(source, source.list())
+    key = json.loads((tmp_path / "labels.csv.files").read_bytes().split(b"\n", 1)[0])["key"]
+    plan = plan_update(out, key, listing, overwrite=False)
+    assert plan.kept == 12 and plan.note is None
+    rows = out.read_bytes().split(b"\r\n")[1:-1]
+    middle = listing.paths[5]
+    steps = after(plan, middle)
+    kept = [step for step in steps if isinstance(step, Kept)]
+    assert sum(step.rows for step in kept) == sum(1 for rel in listing.paths if rel > middle and rel != "broken.jpg")
+    later = b"".join(row + b"\r\n" for row in rows if row.split(b",")[0].decode() > middle and b",ok," in row)
+    with open(out, "rb") as fh:
+        copied = b""
+        for step in kept:
+            fh.seek(step.start)
+            copied += fh.read(step.end - step.start)
+    assert copied == later
 
 
 def test_another_bundle_relabels_every_file_and_says_so(photos, tiny_bundle, tmp_path):

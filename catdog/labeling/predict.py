@@ -20,7 +20,7 @@ from catdog.progress import progress_bar
 from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
 from catdog.labeling.runtime import ModelMeta, Predictor, load_predictor, resolve_model_file
 from catdog.labeling.sources import Listing, Source, files_digest, open_source, parse_shard, shard_of
-from catdog.labeling.update import check_update_output, identified, identity_digest, merged, plan_update, write_files
+from catdog.labeling.update import after, check_update_output, identified, identity_digest, merged, plan_update, write_files
 
 ENGINES = ("local", "ray")
 
@@ -97,6 +97,12 @@ def _check_options(options: PredictOptions) -> None:
         raise CatdogError(f"invalid shard {shard!r}: must be (K, N) with 0 <= K < N")
 
 
+def _model_meta(options: PredictOptions) -> ModelMeta:
+    """The bundle's meta.json, read without loading the model."""
+    model_file, _ = resolve_model_file(options.model, options.runtime)
+    return ModelMeta.read(model_file.parent / "meta.json")
+
+
 def _model_digest(options: PredictOptions) -> str:
     """The content digest of the model file this run uses and its meta.json: the resume key and the job record's."""
     model_file, _ = resolve_model_file(options.model, options.runtime)
@@ -130,9 +136,10 @@ def predict(options: PredictOptions, predictor: Predictor | None = None, say: Ca
 
         require_ray()
     source = open_source(options.source, options.s3_endpoint_url)
-    if predictor is None:
+    if predictor is None and not options.update:  # an update loads the model only if it has files to label
         predictor = load_predictor(options.model, options.runtime)
-    decision = decision_for(predictor.meta, options)
+    meta = predictor.meta if predictor is not None else _model_meta(options)
+    decision = decision_for(meta, options)
     out = options.out
     with run_lock(out):
         if options.update:
@@ -142,7 +149,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None, say: Ca
             check_output(out, options.resume, options.overwrite)
         listing, whole = _listing(source, options)
         listing = identified(source, listing)
-        files = files_digest(listing.paths) + identity_digest(listing)
+        files = (whole if options.shard[1] == 1 else files_digest(listing.paths)) + identity_digest(listing)
         model = _model_digest(options)
         same_files = {  # what must match for a row to be kept by a later --update
             "source": source.describe(),
@@ -164,14 +171,17 @@ def predict(options: PredictOptions, predictor: Predictor | None = None, say: Ca
         }
         labels = LabelsCSV(out, key, files, decision, options.resume)
         todo = listing if plan is None else plan.to_label
-        paths = listing.paths
+        steps = plan.steps if plan is not None else []
         if labels.resume_after is not None:
-            paths = [rel for rel in paths if rel > labels.resume_after]
             todo = todo.only([rel for rel in todo.paths if rel > labels.resume_after])
-        with labels, progress_bar(f"label {redact_url(source.describe())}", len(paths)) as advance:
+            steps = after(plan, labels.resume_after) if plan is not None else []
+        thresholds = {"threshold": decision.threshold, "pet_threshold": decision.pet_threshold}
+        with labels, progress_bar(f"label {redact_url(source.describe())}", len(listing) - labels.ok - labels.error) as advance:
+            if todo.paths and predictor is None:
+                predictor = load_predictor(options.model, options.runtime)
             batches = _engine(source, todo, predictor, options, decision) if todo.paths else iter(())
-            if plan is not None:
-                batches = merged(plan, paths, todo.paths, batches, options.batch_size)
+            if plan is not None:  # kept rows copied as they are when the thresholds are the old CSV's
+                batches = merged(plan, steps, batches, options.batch_size, copy=plan.old_decision == thresholds)
             for batch in batches:
                 if isinstance(batch, Block):  # rows the engine's workers formatted already
                     labels.write_block(batch.data, batch.counts, batch.last)
@@ -182,7 +192,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None, say: Ca
             if labels.ok + labels.error != len(listing):
                 raise CatdogError(f"internal error: {labels.ok + labels.error} rows written for {len(listing)} files")
             labels.finish(_finisher(
-                options, listing, same_files, _job_recorder(source, options, decision, predictor.meta, model, labels, whole)))
+                options, listing, same_files, thresholds, _job_recorder(source, options, decision, meta, model, labels, whole)))
     return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(todo),
                    None if decision.pet_threshold is None else labels.counts.neither, labels.discarded,
                    kept=plan.kept if plan else 0, dropped=plan.dropped if plan else 0, note=plan.note if plan else None)
@@ -212,13 +222,15 @@ def _engine(source: Source, listing: Listing, predictor: Predictor, options: Pre
     return score_local(source, listing, predictor, options.batch_size, options.workers, options.max_pixels)
 
 
-def _finisher(options: PredictOptions, listing: Listing, same_files: dict, record: Callable[[Path], None]) -> Callable[[Path], None]:
+def _finisher(options: PredictOptions, listing: Listing, same_files: dict, thresholds: dict,
+              record: Callable[[Path, str], None]) -> Callable[[Path], None]:
     """What is written beside the finished CSV before it appears: `<out>.files` (the identities a later --update
-    compares) and the job record."""
+    compares) and the job record, both with the CSV's sha256 (read once)."""
 
     def finish(partial: Path) -> None:
-        write_files(options.out, partial, same_files, listing)
-        record(partial)
+        sha256 = file_sha256(partial)
+        write_files(options.out, sha256, same_files, thresholds, listing)
+        record(partial, sha256)
 
     return finish
 
@@ -230,11 +242,11 @@ def _job_recorder(source: Source, options: PredictOptions, decision: Decision, m
     pet_threshold = decision.pet_threshold if options.neither else (
         meta.pet_threshold if options.pet_threshold is None else options.pet_threshold)
 
-    def record(partial: Path) -> None:
+    def record(partial: Path, csv_sha256: str | None = None) -> None:
         write_job_record(options.out, JobRecord(
             source=source.describe(), endpoint=source.endpoint(), model=model, threshold=decision.threshold,
             pet_threshold=pet_threshold, neither=options.neither, shard=options.shard, recursive=options.recursive,
-            follow_links=options.follow_links, rows=labels.ok + labels.error, csv_sha256=file_sha256(partial),
+            follow_links=options.follow_links, rows=labels.ok + labels.error, csv_sha256=csv_sha256 or file_sha256(partial),
             listing=listing,
         ))
 

@@ -33,13 +33,13 @@ from catdog.errors import CatdogError
 from catdog.fsutil import atomic_path
 from catdog.labeling.engines import Block
 from catdog.labeling.jobrecord import file_sha256
-from catdog.labeling.labels import COLUMNS, Scored, open_csv, partial_path, progress_path
+from catdog.labeling.labels import COLUMNS, HEADER, NEITHER, RowCounts, Scored, partial_path, progress_path
 from catdog.labeling.sources import Listing, LocalSource, Source, path_from_text
 
 FILES_VERSION = 1
 _RECORD = np.dtype("<i8")
-_CHUNK = 1 << 16  # sidecar records read or written at a time
-KEPT_BATCH = 4096  # kept rows handed to the writer at a time
+_CHUNK = 1 << 12  # sidecar records read or written at a time
+KEPT_BATCH = 8192  # kept rows copied to the writer at a time (a kill -9 redoes at most about this many)
 
 
 def files_path(out: Path) -> Path:
@@ -57,12 +57,12 @@ def identified(source: Source, listing: Listing) -> Listing:
     if not isinstance(source, LocalSource):
         raise CatdogError(f"cannot tell unchanged files of {source.describe()}: its listing has no sizes")
     sizes, stamps = array("q"), array("q")
-    root, problems, join, stat = source.root, listing.problems, os.path.join, os.stat
+    root, problems, stat = source.root.rstrip("/") + "/", listing.problems, os.stat
     for rel in listing.paths:
         st = None
         if rel not in problems:
             try:
-                st = stat(join(root, path_from_text(rel)))
+                st = stat(root + path_from_text(rel))
             except OSError:
                 pass
         sizes.append(-1 if st is None else st.st_size)
@@ -75,16 +75,17 @@ def identity_digest(listing: Listing) -> str:
     its rows may be stale)."""
     digest = hashlib.blake2b(digest_size=16)
     for values in (listing.sizes, listing.stamps):
-        digest.update(np.frombuffer(values, dtype=np.int64).astype(_RECORD).tobytes() if values is not None else b"-")
+        digest.update(memoryview(values).cast("B") if values is not None else b"-")
     return digest.hexdigest()
 
 
 # --- the sidecar -------------------------------------------------------------------------------------------------
 
-def write_files(out: Path, csv_file: Path, key: dict, listing: Listing) -> None:
-    """Write `<out>.files` atomically for the finished CSV at `csv_file` (the partial about to become `out`)."""
+def write_files(out: Path, csv_sha256: str, key: dict, decision: dict, listing: Listing) -> None:
+    """Write `<out>.files` atomically for the finished CSV whose sha256 is `csv_sha256` (about to become `out`),
+    labeled with the thresholds `decision`."""
     assert listing.sizes is not None and listing.stamps is not None
-    header = {"version": FILES_VERSION, "key": key, "rows": len(listing), "csv_sha256": file_sha256(csv_file)}
+    header = {"version": FILES_VERSION, "key": key, "decision": decision, "rows": len(listing), "csv_sha256": csv_sha256}
     sizes = np.frombuffer(listing.sizes, dtype=np.int64)
     stamps = np.frombuffer(listing.stamps, dtype=np.int64)
     with atomic_path(files_path(out)) as tmp, open(tmp, "wb") as fh:
@@ -107,30 +108,59 @@ def _read_header(path: Path) -> dict | None:
     return header if ok else None
 
 
-OldRow = tuple[str, str, str, str, int, int]  # path, p_dog, pet_score, status, size, stamp
+OldRow = tuple[str, str, int, int, int, int]  # path, label if ok (None for error rows), size, stamp, start, end
+
+
+def _raw_rows(fh) -> Iterator[tuple[bytes, int]]:
+    """The rows of a CSV opened in binary mode, each as its bytes and its offset: a row holding an odd number of
+    quote characters goes on past its line end (a quoted name with a line break)."""
+    offset, pending = fh.tell(), b""
+    for line in fh:
+        row = pending + line if pending else line
+        if row.count(b'"') % 2:
+            pending = row
+            continue
+        pending = b""
+        yield row, offset
+        offset += len(row)
+    if pending:
+        yield pending, offset
+
+
+def _fields(row: bytes) -> list[str]:
+    if not row.endswith(b"\r\n"):
+        return []
+    if b'"' not in row:
+        return row[:-2].decode("utf-8").split(",")
+    return next(csv.reader(io.StringIO(row.decode("utf-8"), newline="")), [])
 
 
 def _old_rows(out: Path, rows: int) -> Iterator[OldRow]:
-    """The rows of the CSV `out` with their sidecar identities, in order (checked: six columns, paths increasing)."""
-    with open_csv(out) as fh, open(files_path(out), "rb") as side:
+    """The rows of the CSV `out` with their sidecar identities and byte spans, in order (checked: six columns,
+    paths increasing, as many rows as the sidecar)."""
+    stale = _Stale(f"{out} does not match {files_path(out).name}")
+    with open(out, "rb") as fh, open(files_path(out), "rb") as side:
         side.readline(1 << 20)
-        reader = csv.reader(fh)
-        if tuple(next(reader, ())) != COLUMNS:
+        if fh.readline() != HEADER:
             raise _Stale(f"{out} has other columns than {','.join(COLUMNS)} (written by another catdog version)")
-        previous, seen = None, 0
-        while True:
-            records = np.frombuffer(side.read(_CHUNK * 16), dtype=_RECORD).reshape(-1, 2).tolist()
-            if not records:
-                break
-            for size, stamp in records:
-                row = next(reader, None)
-                if row is None or len(row) != len(COLUMNS) or (previous is not None and row[0] <= previous):
-                    raise _Stale(f"{out} does not match {files_path(out).name}")
-                previous = row[0]
-                seen += 1
-                yield row[0], row[2], row[3], row[4], size, stamp
-        if seen != rows or next(reader, None) is not None:
-            raise _Stale(f"{out} does not match {files_path(out).name}")
+        records = iter(())
+        previous, seen, start = "", 0, fh.tell()
+        for row, start in _raw_rows(fh):
+            if b'"' not in row and row.endswith(b"\r\n"):  # nearly every row: no quoted field
+                fields = row[:-2].decode("utf-8").split(",")
+            else:
+                fields = _fields(row)
+            record = next(records, None)
+            if record is None:
+                records = iter(np.frombuffer(side.read(_CHUNK * 16), dtype=_RECORD).reshape(-1, 2).tolist())
+                record = next(records, None)
+            if record is None or len(fields) != 6 or fields[0] <= previous and seen:
+                raise stale
+            previous = fields[0]
+            seen += 1
+            yield previous, fields[1] if fields[4] == "ok" else None, record[0], record[1], start, start + len(row)
+        if seen != rows or next(records, None) is not None or side.read(1):
+            raise stale
 
 
 class _Stale(Exception):
@@ -140,12 +170,29 @@ class _Stale(Exception):
 # --- the plan: what to keep, label and drop ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Kept:
+    """Consecutive kept rows: bytes start..end of the old CSV, with their count, `neither` count and paths."""
+
+    start: int
+    end: int
+    rows: int
+    neither: int
+    first: str
+    last: str
+
+
+Step = Kept | list[str]  # kept rows, or a run of paths the engine labels
+
+
+@dataclass(frozen=True)
 class Plan:
     to_label: Listing  # the files to decode, a sorted subsequence of the listing
+    steps: list[Step]  # the new CSV in order: kept rows and runs of labeled paths
     kept: int
     dropped: int
     old: Path | None  # the CSV whose rows are kept (None: every file is labeled)
     old_sha256: str | None  # its sha256 (part of the resume key)
+    old_decision: dict | None  # the thresholds it was labeled with: the same ones let kept rows be copied as they are
     note: str | None  # one line: why no row could be kept, when there was a CSV
 
 
@@ -167,7 +214,7 @@ def plan_update(out: Path, key: dict, listing: Listing, overwrite: bool) -> Plan
     whole, with a note saying why. A CSV changed after catdog wrote it (edited by hand) is refused unless
     `overwrite`: relabeling would silently replace the edits.
     """
-    everything = Plan(listing, 0, 0, None, None, None)
+    everything = Plan(listing, [list(listing.paths)] if listing.paths else [], 0, 0, None, None, None, None)
     if not out.exists():
         return everything
     side = files_path(out)
@@ -189,101 +236,136 @@ def plan_update(out: Path, key: dict, listing: Listing, overwrite: bool) -> Plan
         if old_key.get(name) != key.get(name):
             return replace(everything, note=f"relabeling every file: {why}")
     try:
-        return _join(out, header["rows"], listing, sha)
+        return _join(out, header, listing, sha)
     except _Stale as exc:
         return replace(everything, note=f"relabeling every file: {exc}")
 
 
-def _join(out: Path, rows: int, listing: Listing, sha: str) -> Plan:
+def _join(out: Path, header: dict, listing: Listing, sha: str) -> Plan:
+    """The streaming merge-join of the old CSV (with its sidecar) and the new listing, both sorted by path text."""
     assert listing.sizes is not None and listing.stamps is not None
     paths, sizes, stamps = listing.paths, listing.sizes, listing.stamps
     to_label: list[str] = []
+    steps: list[Step] = []
+    run: list[str] = []
+    segment: list = []  # the kept rows being gathered: [start, end, rows, neither, first, last]
     kept = dropped = 0
-    old = _old_rows(out, rows)
+
+    def close_segment() -> None:
+        if segment:
+            steps.append(Kept(*segment))
+            segment.clear()
+
+    def label(rel: str) -> None:
+        close_segment()
+        to_label.append(rel)
+        run.append(rel)
+
+    def keep(rel: str, neither: bool, start: int, end: int) -> None:
+        nonlocal run
+        if run:
+            steps.append(run)
+            run = []
+        if segment and (segment[1] != start or segment[2] >= KEPT_BATCH):
+            close_segment()
+        if segment:
+            segment[1], segment[2], segment[3], segment[5] = end, segment[2] + 1, segment[3] + neither, rel
+        else:
+            segment.extend([start, end, 1, int(neither), rel, rel])
+
+    old = _old_rows(out, header["rows"])
     current = next(old, None)
     for i, rel in enumerate(paths):
         while current is not None and current[0] < rel:
             dropped += 1
             current = next(old, None)
         if current is not None and current[0] == rel:
-            _, _, _, status, size, stamp = current
-            if status == "ok" and size == sizes[i] and stamp == stamps[i] and size >= 0 and stamp != -1:
+            _, ok_label, size, stamp, start, end = current
+            if ok_label is not None and size == sizes[i] and stamp == stamps[i] and size >= 0 and stamp != -1:
                 kept += 1
+                if segment and not run and segment[1] == start and segment[2] < KEPT_BATCH:  # the common case, inline
+                    segment[1], segment[2], segment[5] = end, segment[2] + 1, rel
+                    segment[3] += ok_label == NEITHER
+                else:
+                    keep(rel, ok_label == NEITHER, start, end)
             else:
-                to_label.append(rel)
+                label(rel)
             current = next(old, None)
         else:
-            to_label.append(rel)
+            label(rel)
     while current is not None:
         dropped += 1
         current = next(old, None)
-    return Plan(listing.only(to_label), kept, dropped, out if kept else None, sha, None)
+    close_segment()
+    if run:
+        steps.append(run)
+    decision = header.get("decision") if isinstance(header.get("decision"), dict) else None
+    return Plan(listing.only(to_label), steps, kept, dropped, out if kept else None, sha, decision, None)
+
+
+def after(plan: Plan, last: str) -> list[Step]:
+    """The plan's steps for the paths after `last` (resuming an interrupted update)."""
+    steps: list[Step] = []
+    for step in plan.steps:
+        if isinstance(step, list):
+            rest = [rel for rel in step if rel > last]
+            if rest:
+                steps.append(rest)
+        elif step.first > last:
+            steps.append(step)
+        elif step.last > last:
+            assert plan.old is not None
+            with open(plan.old, "rb") as fh:
+                fh.seek(step.start)
+                rows = [(row, start) for row, start in _raw_rows(io.BytesIO(fh.read(step.end - step.start)))]
+            later = [(row, start) for row, start in rows if _fields(row)[0] > last]
+            neither = sum(_fields(row)[1] == NEITHER for row, _ in later)
+            steps.append(Kept(step.start + later[0][1], step.end, len(later), neither, _fields(later[0][0])[0], step.last))
+    return steps
 
 
 # --- the rows, in order: kept ones from the old CSV, labeled ones from the engine -----------------------------------
 
-def _kept_rows(old: Path) -> Iterator[tuple[str, str, str]]:
-    """The ok rows of the old CSV as (path, p_dog, pet_score) text, in order."""
-    with open_csv(old) as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        for row in reader:
-            if row[4] == "ok":
-                yield row[0], row[2], row[3]
-
-
-def merged(plan: Plan, paths: list[str], to_label: list[str], scored: Iterable[list[Scored] | Block], batch_size: int) -> Iterator[list[Scored]]:
-    """Batches of rows for every path of `paths` in order: a kept row (its printed scores, relabeled by the writer
-    under this run's thresholds) or the engine's row for each path of `to_label` (a sorted subsequence of `paths`,
-    scored in that order by `scored`)."""
+def merged(plan: Plan, steps: list[Step], scored: Iterable[list[Scored] | Block], batch_size: int,
+           copy: bool) -> Iterator[list[Scored] | Block]:
+    """The new CSV's rows in order, step by step: kept rows copied from the old CSV as they are (`copy`: the same
+    thresholds) or relabeled from their printed scores, and the engine's rows for each run of labeled paths."""
     engine = iter(scored)
     pending: deque[Scored] = deque()
-    kept = _kept_rows(plan.old) if plan.old is not None else iter(())
-    try:
-        yield from _merge(plan, paths, to_label, engine, pending, kept, batch_size)
-    finally:
-        if hasattr(kept, "close"):
-            kept.close()
+    with open(plan.old, "rb") if plan.old is not None else io.BytesIO() as old:
+        for step in steps:
+            if isinstance(step, Kept):
+                old.seek(step.start)
+                data = old.read(step.end - step.start)
+                if copy:
+                    yield Block(0, step.rows, data, RowCounts(step.rows, 0, step.neither), step.last)
+                else:
+                    yield _scored(data)
+                continue
+            rows: list[Scored] = []
+            for rel in step:
+                while not pending:
+                    more = next(engine, None)
+                    if more is None:
+                        raise CatdogError(f"internal error: the engine stopped before {rel!r}")
+                    pending.extend(_scored(more.data) if isinstance(more, Block) else more)
+                row = pending.popleft()
+                if row[0] != rel:
+                    raise CatdogError(f"internal error: the engine returned {row[0]!r} where {rel!r} was expected")
+                rows.append(row)
+                if len(rows) >= batch_size:
+                    yield rows
+                    rows = []
+            if rows:
+                yield rows
 
 
-def _merge(plan, paths, to_label, engine, pending, kept, batch_size) -> Iterator[list[Scored]]:
-    batch: list[Scored] = []
-    fresh = j = 0
-    for rel in paths:
-        if j < len(to_label) and to_label[j] == rel:
-            j += 1
-            while not pending:
-                more = next(engine, None)
-                if more is None:
-                    raise CatdogError(f"internal error: the engine stopped before {rel!r}")
-                pending.extend(block_rows(more) if isinstance(more, Block) else more)
-            row = pending.popleft()
-            if row[0] != rel:
-                raise CatdogError(f"internal error: the engine returned {row[0]!r} where {rel!r} was expected")
-            batch.append(row)
-            fresh += 1
-        else:
-            for old_rel, p_dog, pet in kept:
-                if old_rel == rel:
-                    break
-            else:
-                raise CatdogError(f"internal error: no kept row for {rel!r} in {plan.old}")
-            batch.append((rel, float(p_dog), float(pet) if pet else None, None))
-        if fresh >= batch_size or len(batch) >= KEPT_BATCH:
-            yield batch
-            batch, fresh = [], 0
-    if batch:
-        yield batch
-
-
-def block_rows(block: Block) -> list[Scored]:
-    """The rows of a block an engine's workers formatted, as `Scored` again, to interleave with kept rows: the
-    printed scores read back give the same printed scores (six decimals survive the float round trip)."""
+def _scored(data: bytes) -> list[Scored]:
+    """Formatted rows as `Scored` again, to be written under other thresholds or between kept rows: the printed
+    scores read back print the same (six decimals survive the float round trip)."""
     rows: list[Scored] = []
-    for rel, _, p_dog, pet, status, error in csv.reader(io.StringIO(block.data.decode("utf-8"), newline="")):
+    for rel, _, p_dog, pet, status, error in csv.reader(io.StringIO(data.decode("utf-8"), newline="")):
         rows.append((rel, float(p_dog), float(pet) if pet else None, None) if status == "ok" else (rel, None, None, error))
-    if len(rows) != block.rows:
-        raise CatdogError(f"internal error: a block of {block.rows} rows holds {len(rows)}")
     return rows
 
 
