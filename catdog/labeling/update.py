@@ -24,11 +24,13 @@ import os
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from catdog.cpus import usable_cpus
 from catdog.errors import CatdogError
 from catdog.fsutil import atomic_path
 from catdog.labeling.engines import Block
@@ -56,9 +58,23 @@ def identified(source: Source, listing: Listing) -> Listing:
         return listing
     if not isinstance(source, LocalSource):
         raise CatdogError(f"cannot tell unchanged files of {source.describe()}: its listing has no sizes")
-    sizes, stamps = array("q"), array("q")
-    root, problems, stat = source.root.rstrip("/") + "/", listing.problems, os.stat
-    for rel in listing.paths:
+    root, paths = source.root.rstrip("/") + "/", listing.paths
+    with ThreadPoolExecutor(max_workers=min(4, usable_cpus() + 1)) as pool:  # stat() releases the GIL
+        parts = pool.map(lambda start: _stat_all(root, paths[start:start + _STAT_CHUNK], listing.problems),
+                         range(0, len(paths), _STAT_CHUNK))
+        sizes, stamps = array("q"), array("q")
+        for part_sizes, part_stamps in parts:
+            sizes.extend(part_sizes)
+            stamps.extend(part_stamps)
+    return replace(listing, sizes=sizes, stamps=stamps)
+
+
+_STAT_CHUNK = 16384
+
+
+def _stat_all(root: str, paths: list[str], problems) -> tuple[array, array]:
+    sizes, stamps, stat = array("q"), array("q"), os.stat
+    for rel in paths:
         st = None
         if rel not in problems:
             try:
@@ -67,7 +83,7 @@ def identified(source: Source, listing: Listing) -> Listing:
                 pass
         sizes.append(-1 if st is None else st.st_size)
         stamps.append(-1 if st is None else st.st_mtime_ns)
-    return replace(listing, sizes=sizes, stamps=stamps)
+    return sizes, stamps
 
 
 def identity_digest(listing: Listing) -> str:
