@@ -7,11 +7,14 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from catdog.errors import CatdogError
 
 
 def _umask() -> int:
@@ -48,6 +51,20 @@ def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_replaceable(dest: Path) -> None:
+    """Refuse, even with --overwrite, an output path where a FIFO, device or socket stands: the atomic rename
+    would replace it with a regular file (as root, `--out /dev/null` would replace /dev/null itself). A regular
+    file, a folder (the callers name that themselves) or a symlink (the rename replaces the link, never its
+    target) passes."""
+    try:
+        mode = os.lstat(dest).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise CatdogError(f"{dest} is {kind}, not a file: give the path of a file to write")
 
 
 def write_text(dest: Path | str, text: str) -> None:

@@ -241,3 +241,22 @@ def test_a_progress_file_nested_too_deeply_is_refused_in_one_line(photos, tiny_b
     assert line == f"error: cannot resume: {progress_path(out)} is unreadable; rerun with --overwrite to start over"
     catdog("predict-folder", photos, "--model", tiny_bundle, "--out", out, "--overwrite")
     assert out.read_bytes() == straight.read_bytes()
+
+
+def test_a_fifo_at_any_output_is_refused_even_with_overwrite(photos, tiny_bundle, straight, tmp_path):
+    """--overwrite replaces a file; a FIFO (or, run as root, a device such as /dev/null) was replaced by the
+    atomic rename with a regular file."""
+    import stat
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    commands = [
+        ("predict-folder", photos, "--model", tiny_bundle, "--out", fifo),
+        ("merge-labels", fifo, straight),
+        ("report", straight, "--images", photos, "--out", fifo),
+        ("export-xlsx", straight, "--out", fifo),
+    ]
+    for args in commands:
+        result = catdog(*args, "--overwrite", check=False)
+        assert one_error_line(result) == f"error: {fifo} is a FIFO, not a file: give the path of a file to write", args[0]
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode), args[0]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from catdog.errors import CatdogError
-from catdog.fsutil import write_json
+from catdog.fsutil import check_replaceable, write_json
 
 COLUMNS = ("path", "label", "p_dog", "pet_score", "status", "error")
 NEITHER = "neither"  # the label of an image the model finds to be neither of its two classes
@@ -214,6 +214,7 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     leftovers of killed runs (call it holding the run lock)."""
     if out.is_dir():
         raise CatdogError(f"--out {out} is a folder; give a CSV file path")
+    check_replaceable(out)
     _remove_leftovers(out)
     interrupted = progress_path(out).exists()
     if out.exists() and not overwrite:

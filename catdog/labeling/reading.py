@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from catdog.errors import CatdogError
-from catdog.fsutil import HashingReader
+from catdog.fsutil import HashingReader, check_replaceable
 from catdog.labeling.labels import COLUMNS, NEITHER
 
 LEGACY_COLUMNS = ("path", "label", "p_dog", "status", "error")  # catdog before `neither`: no pet_score
@@ -189,9 +189,10 @@ class LabelsReader:
 
 def check_new_output(out: Path, overwrite: bool, kind: str) -> None:
     """Refuse an output path that cannot be written or would replace a file without `overwrite`, in one line:
-    a folder, a path under a file, an existing file."""
+    a folder, a path under a file, a FIFO or device, an existing file."""
     if out.is_dir():
         raise CatdogError(f"{out} is a folder; give {kind} file path")
+    check_replaceable(out)
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
