@@ -24,7 +24,9 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{head}" + ("?..." if query else "")
 
 
-_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,;:)]")
+# A URL ends before white space, a quote or backtick, or the punctuation that ends a sentence; a query already
+# redacted ("?...") is taken whole, so redacting a message twice (a CatdogError's text, then the CLI) changes nothing.
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]*[^\s'\"<>`.,;:)](?:\.\.\.)?")
 
 
 def redact(text: str) -> str:

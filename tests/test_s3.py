@@ -274,6 +274,19 @@ def test_resume_refuses_the_same_bucket_on_another_endpoint(s3, tiny_bundle, tmp
     assert describe_endpoint("HTTP://user:secret@Minio.Example:9000/base/?X-Amz-Signature=abc") == "http://minio.example:9000/base"
 
 
+def test_a_message_redacted_twice_reads_as_redacted_once():
+    """A CatdogError's text is redacted where it is made and again by the CLI: the second pass appended another
+    "..." (`s3://b/p?......`), and a closing backtick was taken for part of the URL and lost."""
+    from catdog.errors import redact
+
+    text = ("cannot list s3://b/p?X-Amz-Signature=SECRET: Custom endpoint `http://127.0.0.1:9/?X-Amz-Signature=SECRET` "
+            "was not a valid URI; see https://user:pw@example.com/a.")
+    once = redact(text)
+    assert once == ("cannot list s3://b/p?...: Custom endpoint `http://127.0.0.1:9/?...` was not a valid URI; "
+                    "see https://example.com/a.")
+    assert redact(once) == once
+
+
 def test_credentials_in_the_endpoint_are_refused_and_query_strings_never_echoed(tiny_bundle, tmp_path):
     import socket
 
