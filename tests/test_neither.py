@@ -81,7 +81,7 @@ def test_neither_params_are_typed_and_unknown_keys_rejected():
     from catdog.training.params import parse_params
 
     fetch = {"dataset": {"url": "d.zip"}, "weights": {"url": "w.h5"}}
-    assert parse_params({"fetch": fetch}).train.neither.keep_pets == 0.99
+    assert parse_params({"fetch": fetch}).train.neither.keep_pets == 0.995
     assert parse_params({"fetch": fetch, "train": {"neither": {"keep_pets": 0.95}}}).train.neither.keep_pets == 0.95
     with pytest.raises(CatdogError, match="train.neither.keep: unknown key"):
         parse_params({"fetch": fetch, "train": {"neither": {"keep": 0.95}}})

@@ -67,7 +67,7 @@ class SplitParams(_Section):
 
 
 class NeitherParams(_Section):
-    keep_pets: float = Field(0.99, gt=0, le=1)  # share of val pets whose pet_score must reach pet_threshold
+    keep_pets: float = Field(0.995, gt=0, le=1)  # share of val pets whose pet_score must reach pet_threshold
 
 
 class TrainParams(_Section):
