@@ -248,7 +248,9 @@ def main() -> None:
         typer.echo(f"error: {printable(redact(str(exc)))}", err=True)  # no credentials, no terminal escapes
         sys.exit(1)
     except OSError as exc:  # e.g. an unwritable output folder or a full disk
-        where = f"{exc.filename}: " if exc.filename else ""
+        # A failed rename (os.replace of an atomic write) names the hidden temporary file first and the output second.
+        named = exc.filename2 or exc.filename
+        where = f"{named}: " if named else ""
         typer.echo(f"error: {printable(redact(f'{where}{exc.strerror or exc}'))}", err=True)
         sys.exit(1)
     # Ctrl-C: typer itself exits 130 (predict-folder first says how to resume).

@@ -260,3 +260,11 @@ def test_a_fifo_at_any_output_is_refused_even_with_overwrite(photos, tiny_bundle
         result = catdog(*args, "--overwrite", check=False)
         assert one_error_line(result) == f"error: {fifo} is a FIFO, not a file: give the path of a file to write", args[0]
         assert stat.S_ISFIFO(os.lstat(fifo).st_mode), args[0]
+
+
+def test_an_output_that_cannot_be_replaced_is_named_not_its_hidden_temporary_file(photos, tiny_bundle, tmp_path):
+    out = tmp_path / "labels.csv"
+    (tmp_path / "labels.csv.job.json").mkdir()  # the record's atomic write cannot rename onto a folder
+    result = catdog("predict-folder", photos, "--model", tiny_bundle, "--out", out, check=False)
+    assert one_error_line(result) == f"error: {tmp_path / 'labels.csv.job.json'}: Is a directory"
+    assert not out.exists()
