@@ -48,9 +48,7 @@ def export_xlsx(labels_csv: Path, out: Path, overwrite: bool = False) -> ExportR
     openpyxl, WriteOnlyCell, control = _openpyxl()
     illegal = re.compile(f"{control.pattern}|{_NOT_XML}")
     out = Path(out)
-    check_new_output(out, overwrite, "an .xlsx")
-    if out.exists() and Path(labels_csv).exists() and out.samefile(labels_csv):
-        raise CatdogError(f"--out {out} is the labels CSV itself")
+    check_new_output(out, overwrite, "an .xlsx", Path(labels_csv))
     rows = 0
     with LabelsReader(labels_csv) as reader, atomic_path(out, ".xlsx") as tmp:
         header = reader.header

@@ -187,9 +187,9 @@ class LabelsReader:
         self.close()
 
 
-def check_new_output(out: Path, overwrite: bool, kind: str) -> None:
+def check_new_output(out: Path, overwrite: bool, kind: str, labels_csv: Path | None = None) -> None:
     """Refuse an output path that cannot be written or would replace a file without `overwrite`, in one line:
-    a folder, a path under a file, a FIFO or device, an existing file."""
+    a folder, a path under a file, a FIFO or device, an existing file, or (with --overwrite) the labels CSV read."""
     if out.is_dir():
         raise CatdogError(f"{out} is a folder; give {kind} file path")
     check_replaceable(out)
@@ -200,3 +200,5 @@ def check_new_output(out: Path, overwrite: bool, kind: str) -> None:
             break
     if out.exists() and not overwrite:
         raise CatdogError(f"{out} already exists; pass --overwrite to replace it")
+    if labels_csv is not None and out.exists() and labels_csv.exists() and out.samefile(labels_csv):
+        raise CatdogError(f"--out {out} is the labels CSV itself")

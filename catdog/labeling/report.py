@@ -576,9 +576,7 @@ def write_report(labels_csv: Path, images: str, out: Path, options: ReportOption
     """Summarize `labels_csv` in one pass, decode the images it shows from `images` (a folder or S3 prefix),
     write `out`."""
     out, labels_csv = Path(out), Path(labels_csv)
-    check_new_output(out, options.overwrite, "an HTML")
-    if out.exists() and labels_csv.exists() and out.samefile(labels_csv):
-        raise CatdogError(f"--out {out} is the labels CSV itself")
+    check_new_output(out, options.overwrite, "an HTML", labels_csv)
     if not 0 <= options.max_images <= MAX_IMAGES:
         raise CatdogError(f"--max-images {options.max_images}: choose 0 to {MAX_IMAGES}")
     if options.threshold is not None and not 0 < options.threshold < 1:
