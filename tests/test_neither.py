@@ -89,6 +89,31 @@ def test_neither_params_are_typed_and_unknown_keys_rejected():
         parse_params({"fetch": fetch, "train": {"neither": {"keep_pets": 1.5}}})
 
 
+def test_after_fine_tuning_the_pet_features_stay_imagenets_and_p_dog_the_tuned_models(real_weights):
+    import keras
+
+    from catdog.training.model import PET_LAYERS, build_model, first_open_block, pet_graph
+    from catdog.training.params import TrainParams
+
+    params = TrainParams(model="mobilenet_v2", alpha=0.35, fine_tune_blocks=2)
+    model = build_model(params, 96, real_weights)
+    first = first_open_block(model, params.fine_tune_blocks)
+    for layer in model.get_layer("mobilenetv2").layers:  # what fine-tuning does to the open blocks
+        if layer.name.startswith(f"block_{first}_") and layer.weights:
+            layer.weights[0].assign(layer.weights[0] * 1.5)
+    graph = pet_graph(model, params, real_weights, first)
+    images = np.random.default_rng(5).uniform(0, 255, (3, 96, 96, 3)).astype(np.float32)
+    p_dog, *pooled = keras.Model(graph.inputs, [graph.p_dog, *graph.pooled]).predict(images, verbose=0)
+    assert np.allclose(p_dog, model.predict(images, verbose=0), atol=1e-6)
+
+    imagenet = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=str(real_weights))
+    expected = keras.Model(imagenet.inputs, [imagenet.get_layer(n).output for n in PET_LAYERS]).predict(images / 127.5 - 1, verbose=0)
+    tuned = keras.Model(model.get_layer("mobilenetv2").inputs, model.get_layer("mobilenetv2").output).predict(images / 127.5 - 1, verbose=0)
+    for got, want in zip(pooled, expected):
+        assert np.allclose(got, want.mean(axis=(1, 2)), atol=1e-4)
+    assert not np.allclose(pooled[-1], tuned.mean(axis=(1, 2)), atol=1e-4)  # the tuned features differ
+
+
 def test_the_exported_litert_model_returns_p_dog_and_the_keras_models_pet_score(tiny_bundle):
     from ai_edge_litert.interpreter import Interpreter
 
