@@ -19,7 +19,7 @@ from catdog.labeling.labels import Decision, LabelsCSV, check_out_path, check_ou
 from catdog.progress import progress_bar
 from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
 from catdog.labeling.runtime import ModelMeta, Predictor, load_predictor, resolve_model_file
-from catdog.labeling.sources import Listing, Source, files_digest, open_source, parse_shard, shard_of
+from catdog.labeling.sources import Listing, Source, StoreError, files_digest, open_source, parse_shard, shard_of
 from catdog.labeling.update import after, check_update_output, identified, identity_digest, merged, plan_update, write_files
 
 ENGINES = ("local", "ray")
@@ -182,13 +182,16 @@ def predict(options: PredictOptions, predictor: Predictor | None = None, say: Ca
             batches = _engine(source, todo, predictor, options, decision) if todo.paths else iter(())
             if plan is not None:  # kept rows copied as they are when the thresholds are the old CSV's
                 batches = merged(plan, steps, batches, options.batch_size, copy=plan.old_decision == thresholds)
-            for batch in batches:
-                if isinstance(batch, Block):  # rows the engine's workers formatted already
-                    labels.write_block(batch.data, batch.counts, batch.last)
-                    advance(batch.rows)
-                else:
-                    labels.write(batch)
-                    advance(len(batch))
+            try:
+                for batch in batches:
+                    if isinstance(batch, Block):  # rows the engine's workers formatted already
+                        labels.write_block(batch.data, batch.counts, batch.last)
+                        advance(batch.rows)
+                    else:
+                        labels.write(batch)
+                        advance(len(batch))
+            except StoreError as exc:  # the credentials or the store failed: the progress is kept (labels saves it)
+                raise CatdogError(f"{exc}; fix it and rerun with {resume_hint(out)}") from None
             if labels.ok + labels.error != len(listing):
                 raise CatdogError(f"internal error: {labels.ok + labels.error} rows written for {len(listing)} files")
             labels.finish(_finisher(

@@ -277,6 +277,11 @@ def _s3_error(exc: BaseException) -> dict:
     return {}
 
 
+class StoreError(CatdogError):
+    """A failure of the store itself (credentials, endpoint, network) while reading an object: it stops the
+    command. Its text says what failed; the command adds what to do next (predict-folder: rerun with --resume)."""
+
+
 @dataclass(frozen=True)
 class S3Source:
     """Objects under s3://bucket/prefix on any S3-compatible store (s3fs; credentials, region and endpoint from
@@ -345,7 +350,7 @@ class S3Source:
 
                 raise ImageError(f"archived ({error.get('StorageClass') or 'GLACIER'}): restore it first") from None
             url = redact_url(f"s3://{self.bucket}/{key}")
-            raise CatdogError(f"cannot read {url}: {_s3_reason(exc)}; fix it and rerun with --resume") from None
+            raise StoreError(f"cannot read {url}: {_s3_reason(exc)}") from None
         if isinstance(got, int):
             from catdog.images import ImageError
 
