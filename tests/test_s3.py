@@ -290,6 +290,14 @@ def test_resume_refuses_the_same_bucket_on_another_endpoint(s3, tiny_bundle, tmp
     assert describe_endpoint("HTTP://user:secret@Minio.Example:9000/base/?X-Amz-Signature=abc") == "http://minio.example:9000/base"
 
 
+@pytest.mark.parametrize("endpoint", ["http://[::1", "http://127.0.0.1:99999", "http://127.0.0.1:port"])
+def test_an_endpoint_that_is_no_url_is_one_error_line(tiny_bundle, tmp_path, endpoint):
+    result = catdog("predict-folder", f"s3://{BUCKET}/x", "--model", tiny_bundle, "--out", tmp_path / "l.csv",
+                    "--s3-endpoint-url", endpoint, env=s3_env(tmp_path), check=False, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith(f"error: invalid S3 endpoint '{endpoint}': "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_a_message_redacted_twice_reads_as_redacted_once():
     """A CatdogError's text is redacted where it is made and again by the CLI: the second pass appended another
     "..." (`s3://b/p?......`), and a closing backtick was taken for part of the URL and lost."""

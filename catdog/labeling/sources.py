@@ -252,9 +252,17 @@ def describe_endpoint(endpoint_url: str | None) -> str | None:
 
 
 def check_endpoint(endpoint_url: str | None) -> None:
-    """Refuse an endpoint URL that carries credentials (botocore would fail with a cryptic header error)."""
+    """Refuse an endpoint URL that carries credentials (botocore would fail with a cryptic header error), or that
+    is not a URL at all (an unclosed IPv6 bracket, a port that is no number)."""
     url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if url and "@" in urllib.parse.urlsplit(url).netloc:
+    if not url:
+        return
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise CatdogError(f"invalid S3 endpoint {redact_url(url)!r}: {exc}") from None
+    if "@" in parts.netloc:
         raise CatdogError(
             f"the S3 endpoint {redact_url(url)} holds credentials (user:password@): give the bare URL, and the "
             "credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile)"
