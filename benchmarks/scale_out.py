@@ -315,15 +315,20 @@ def local_list_rate(folder: Path) -> float:
     return len(listing) / (time.perf_counter() - started)
 
 
-def paper_table(per_core: float, start_s: float, handback: float, append: float, folder_rate: float, s3_rate: float) -> list[str]:
+def paper_table(per_core: float, start_s: float, block_s: float, append: float, folder_rate: float, s3_rate: float) -> list[str]:
     """Hours for TARGET images on 1, 10, 100 and 1,000 nodes of NODE_CORES cores: the driver's listing (a shared
-    folder, or S3), then start-up, then the slowest of the workers, Ray's hand-back to the driver and the
-    driver's CSV appends; speed-up per node against one node, and what bounds each row."""
-    lines = [f"{'nodes':>5} {'cores':>6} {'workers img/s':>14} {'labeling bound':>15} {'folder h':>9} {'x/node':>6} "
+    folder, or S3), then start-up, then the slowest of the workers, Ray's hand-back to the driver (`block_s`
+    seconds per block, blocks as `block_rows` sizes them for that many actors) and the driver's CSV appends;
+    speed-up per node against one node, and what bounds each row."""
+    from catdog.labeling.ray_engine import block_rows
+
+    lines = [f"{'nodes':>5} {'cores':>6} {'workers img/s':>14} {'hand-back':>10} {'labeling bound':>15} {'folder h':>9} {'x/node':>6} "
              f"{'S3 h':>6} {'x/node':>6}  bound by (folder; S3)"]
     base = {}
     for nodes in (1, 10, 100, 1000):
-        workers = per_core * NODE_CORES * nodes
+        actors = NODE_CORES * nodes
+        workers = per_core * actors
+        handback = block_rows(TARGET, actors, 64) / block_s
         limits = {"workers": workers, "hand-back": handback, "CSV appends": append}
         bound = min(limits, key=limits.get)
         label_s = TARGET / limits[bound]
@@ -334,12 +339,14 @@ def paper_table(per_core: float, start_s: float, handback: float, append: float,
             cells.append((seconds / 3600, base[source] / seconds / nodes))
             parts = {"listing": TARGET / rate, "start-up": start_s, bound: label_s}
             names.append(max(parts, key=parts.get))
-        lines.append(f"{nodes:>5} {NODE_CORES * nodes:>6} {workers:>14,.0f} {bound:>15} {cells[0][0]:>9.2f} {cells[0][1]:>6.2f} "
+        lines.append(f"{nodes:>5} {actors:>6} {workers:>14,.0f} {handback:>10,.0f} {bound:>15} {cells[0][0]:>9.2f} {cells[0][1]:>6.2f} "
                      f"{cells[1][0]:>6.2f} {cells[1][1]:>6.2f}  {names[0]}; {names[1]}")
     return lines
 
 
 def main() -> None:
+    from catdog.labeling.ray_engine import block_rows
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="a trained bundle folder (model.tflite, meta.json)")
     ap.add_argument("--zip", type=Path, default=DEFAULT_ZIP, help="photo archive (default: the shared cats_and_dogs_3k.zip)")
@@ -394,6 +401,7 @@ def main() -> None:
                 figures["old"] = old_handback(cluster.address, args.old_handback_rows)
                 log(f"hand-back, new path, {args.handback_rows:,} rows ...")
                 figures["new"] = new_handback(cluster.address, args.handback_rows)
+                figures["block"] = block_rows(args.handback_rows, int(cpus), 64)
             finally:
                 cluster.close()
         if "writer" in only:
@@ -459,7 +467,9 @@ def main() -> None:
         print()
         print(f"on paper, {TARGET:,} images, nodes of {NODE_CORES} cores at this run's Ray rate of {per_core:.0f} images/s per core, "
               f"start-up {ray2['start']:.0f} s, hand-back {figures['new'][1]:,.0f} rows/s (steady), appends {figures['append']:,.0f} rows/s:")
-        for line in paper_table(per_core, ray2["start"], figures["new"][1], figures["append"], figures["folder"], figures["parse"]):
+        block_s = figures["block"] / figures["new"][1]  # seconds per block at steady state
+        print(f"(the driver takes {block_s * 1000:.0f} ms per block of {figures['block']:,} rows)")
+        for line in paper_table(per_core, ray2["start"], block_s, figures["append"], figures["folder"], figures["parse"]):
             print(line)
 
 
