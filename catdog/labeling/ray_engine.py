@@ -2,8 +2,8 @@
 actor, and the driver checks the blocks and appends their bytes to the CSV in order.
 
 Each actor loads the bundle once (shipped through the object store, so nodes need no copy of it) and labels a
-block of up to BLOCK_ROWS files with the local engine's own loop (`score_local`: `decode`, the same `load_image`
-as training, on as many threads as the CPUs Ray gives it, then model calls of `--batch-size` images), formats
+block of up to BLOCK_ROWS files with the local engine's pieces (`decode`, the same `load_image` as training, on
+as many threads as the CPUs Ray gives it, then `score_batch`: model calls of `--batch-size` images), formats
 the rows with `format_rows` (the one way a row is written) and hands back ONE object per block: its first index,
 row count, CSV bytes, counts and last path. So the driver handles a few objects per second instead of one
 Python object per row. It refuses a block that does not start where the previous one ended or whose last path
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from catdog.cpus import usable_cpus
 from catdog.errors import CatdogError
-from catdog.labeling.engines import Block, score_local
+from catdog.labeling.engines import Block, decode, score_batch
 from catdog.labeling.labels import Decision, RowCounts, Scored, format_rows
 from catdog.logs import is_verbose, native_stderr_filtered_live
 from catdog.labeling.runtime import resolve_model_file
@@ -127,8 +127,15 @@ class Labeler:
             (folder / model_name).write_bytes(model_bytes)
             (folder / "meta.json").write_bytes(meta_bytes)
             self.predictor = load_predictor(folder / model_name, runtime, threads=threads)
-        self.source, self.threads, self.max_pixels = source, threads, max_pixels
-        self.batch_size, self.decision = batch_size, decision
+        from concurrent.futures import ThreadPoolExecutor
+
+        from catdog.labeling.engines import large_decode_gate
+
+        self.source, self.threads, self.batch_size, self.decision = source, threads, batch_size, decision
+        self.size = self.predictor.meta.image_size
+        self.max_pixels = self.predictor.meta.max_pixels if max_pixels is None else max_pixels
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.gate = large_decode_gate()
 
     def __call__(self, block: pa.Table) -> pa.Table:
         indices = block.column("i")
@@ -137,8 +144,19 @@ class Labeler:
             raise CatdogError(f"the Ray engine got a block that is not contiguous at row {start}")
         rels = block.column("rel").to_pylist()
         problems = {rel: p.decode("utf-8", "surrogateescape") for rel, p in zip(rels, block.column("problem").to_pylist()) if p}
-        batches = score_local(self.source, Listing(rels, problems), self.predictor, self.batch_size, self.threads, self.max_pixels)
-        return pack_block(start, (row for batch in batches for row in batch), self.decision)
+        scored: list[Scored] = []
+        for at in range(0, len(rels), self.batch_size):
+            batch = rels[at : at + self.batch_size]
+            # Decode, then score: the actor has `threads` CPUs, so decoding ahead of the model (as the local
+            # engine does with a spare core) would only make its threads take turns.
+            step = -(-len(batch) // self.threads)
+            chunks = [batch[i : i + step] for i in range(0, len(batch), step)]
+            decoded = [d for part in self.pool.map(self._decode_all, chunks, [problems] * len(chunks)) for d in part]
+            scored += score_batch(batch, decoded, self.predictor)
+        return pack_block(start, scored, self.decision)
+
+    def _decode_all(self, rels: list[str], problems: dict[str, str]) -> list:
+        return [decode(self.source, rel, problems.get(rel), self.size, self.max_pixels, self.gate) for rel in rels]
 
 
 def _reason(exc: BaseException) -> str:
