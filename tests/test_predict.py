@@ -253,7 +253,9 @@ def test_resume_after_an_interruption_gives_the_same_csv_as_an_uninterrupted_run
     args = [sys.executable, "-m", "catdog", "predict-folder", str(folder), "--model", str(tiny_bundle), "--out", str(out), "--batch-size", "1", "--workers", "1"]
     progress = tmp_path / "labels.csv.progress.json"
     # Ctrl-C must reach the child even where this test runs with SIGINT ignored (a background job).
-    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    # Progress saved after every batch, so the first save comes long before the run could finish.
+    env = {**cli_env(), "CATDOG_PROGRESS_SECONDS": "0"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not progress.exists() and time.monotonic() < deadline:

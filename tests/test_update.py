@@ -243,12 +243,14 @@ def test_kill_9_in_the_middle_of_an_update_leaves_the_old_csv_and_a_rerun_gives_
     out = tmp_path / "labels.csv"
     catdog("predict-folder", folder, "--model", tiny_bundle, "--out", out)
     before, sidecar = out.read_bytes(), (tmp_path / "labels.csv.files").read_bytes()
-    for i in range(4000):  # enough to outlast the first progress save (at most once a second)
+    for i in range(1500):
         make_image(folder / "new" / f"{i:04d}.png", size=(12, 12), color=(i % 256, 40, 90), seed=1000 + i)
     args = [sys.executable, "-m", "catdog", "predict-folder", str(folder), "--model", str(tiny_bundle), "--out", str(out),
             "--update", "--batch-size", "1", "--workers", "1"]
     progress = tmp_path / "labels.csv.progress.json"
-    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Progress saved after every batch, so the first save comes long before the update could finish.
+    proc = subprocess.Popen(args, env={**cli_env(), "CATDOG_PROGRESS_SECONDS": "0"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not progress.exists() and time.monotonic() < deadline:
         time.sleep(0.005)

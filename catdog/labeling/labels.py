@@ -16,6 +16,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -32,7 +33,24 @@ from catdog.fsutil import check_replaceable, write_json
 COLUMNS = ("path", "label", "p_dog", "pet_score", "status", "error")
 NEITHER = "neither"  # the label of an image the model finds to be neither of its two classes
 PROGRESS_VERSION = 5
-SAVE_SECONDS = 1.0  # progress is saved at most this often: a run killed with -9 redoes at most about this much
+
+
+def _save_seconds() -> float:
+    """How often progress is saved: once a second, or $CATDOG_PROGRESS_SECONDS (0: after every batch, as a slow
+    model or a test that interrupts runs may want)."""
+    text = os.environ.get("CATDOG_PROGRESS_SECONDS", "")
+    if not text:
+        return 1.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < math.inf:
+        raise CatdogError(f"CATDOG_PROGRESS_SECONDS={text!r}: expected a number of seconds, 0 or more")
+    return seconds
+
+
+SAVE_SECONDS = _save_seconds()  # progress is saved at most this often: a run killed with -9 redoes at most about this much
 _OPEN_FLAGS = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 # One file as an engine scored it: (path text, p_dog, pet_score, None), or (path text, None, None, reason) for a file
 # that could not be used. pet_score is None when the model has no pet score (a bundle from before it had one).
