@@ -133,6 +133,21 @@ def _open_own(path: Path, flags: int, what: str) -> int:
     return fd
 
 
+def _open_locked(path: Path, what: str, shown: Path, out: Path) -> int:
+    """A working file of the run writing `out`, opened as `_open_own` opens it (created if need be) and locked
+    with flock; a one-line CatdogError when it cannot be written (naming `shown`) or another run holds it."""
+    try:
+        fd = _open_own(path, os.O_RDWR | os.O_CREAT, what)
+    except OSError as exc:  # a read-only mount, a file where the folder should be, ...
+        raise CatdogError(f"cannot write {shown}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CatdogError(f"another run is writing {out} (it holds {path}); wait for it to finish") from None
+    return fd
+
+
 def _same_file(fd: int, path: Path) -> bool:
     """Whether `path` (not following a link) is still the file open at `fd`."""
     try:
@@ -152,14 +167,9 @@ def run_lock(out: Path) -> Iterator[None]:
     while True:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            fd = _open_own(lock, os.O_RDWR | os.O_CREAT, "lock file")
         except OSError as exc:  # a read-only mount, a file where the folder should be, ...
             raise CatdogError(f"cannot write {out}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CatdogError(f"another run is writing {out} (it holds {lock}); wait for it to finish") from None
+        fd = _open_locked(lock, "lock file", out, out)
         if _same_file(fd, lock):  # else the run we waited on removed the file as it ended: lock the new one
             break
         os.close(fd)
@@ -342,16 +352,7 @@ class LabelsCSV:
     def _claim(self) -> int:
         """The partial CSV, open for writing and locked: a second run (whose lock file a cleanup job removed
         from under this one, say) fails here instead of sharing it."""
-        try:
-            fd = _open_own(self.partial, os.O_RDWR | os.O_CREAT, "partial CSV")
-        except OSError as exc:
-            raise CatdogError(f"cannot write {self.partial}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CatdogError(f"another run is writing {self.out} (it holds {self.partial}); wait for it to finish") from None
-        return fd
+        return _open_locked(self.partial, "partial CSV", self.partial, self.out)
 
     def _refuse(self, what: str) -> CatdogError:
         return CatdogError(f"cannot resume: {what}; rerun with --overwrite to start over")
