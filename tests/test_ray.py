@@ -180,8 +180,9 @@ runpy.run_module("catdog", run_name="__main__")
 
 
 def test_a_ray_run_killed_between_blocks_resumes_to_the_same_csv(ray_address, real_photos, tiny_bundle, local_csv, tmp_path):
-    """46 files in 8 blocks: the progress is saved after the third block, the driver SIGKILLed right after the
-    fifth (two blocks written but not yet saved); --resume redoes those two and finishes the same CSV."""
+    """46 files in 8 blocks: the progress is saved after the third block (and only then, however slow the blocks
+    come), the driver SIGKILLed right after the fifth (two blocks written but not yet saved); --resume redoes those
+    two and finishes the same CSV."""
     from catdog.labeling.ray_engine import block_rows
 
     rows = block_rows(46, 2, 2)
@@ -189,7 +190,7 @@ def test_a_ray_run_killed_between_blocks_resumes_to_the_same_csv(ray_address, re
     out = tmp_path / "labels.csv"
     args = ["predict-folder", str(real_photos), "--model", str(tiny_bundle), "--out", str(out), "--batch-size", "2",
             "--engine", "ray", "--ray-address", ray_address.address]
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_BLOCKS, *args], env={**ray_env(), "CATDOG_TEST_KILL_AFTER_BLOCKS": "3,5"},
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_BLOCKS, *args], env={**ray_env(), "CATDOG_TEST_KILL_AFTER_BLOCKS": "3,5", "CATDOG_PROGRESS_SECONDS": "3600"},
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists()
