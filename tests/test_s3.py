@@ -373,3 +373,16 @@ def test_a_prefix_listed_by_its_sub_prefixes_concurrently_gives_every_key_once_s
     assert listing.paths == expected and len(expected) == 1200 + 120 + 5 + 6
     assert listing.problems == {"f/": "object key ends with '/' (not a file name)"}
     assert 1 <= most[0] <= concurrency and (concurrency == 1 or most[0] > 1)
+
+
+def test_a_large_object_is_read_whole_however_its_body_arrives(tmp_path, monkeypatch):
+    """An object's body comes over the socket in pieces: the source reads until its end, not one piece."""
+    from catdog.labeling.sources import S3Source
+
+    data = uuid.uuid4().bytes * (3 * 2**20 // 16)  # 3 MiB: many socket reads
+    with moto_s3() as (url, client):
+        client.create_bucket(Bucket=BUCKET)
+        client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/big.bin", Body=data)
+        for key, value in s3_env(tmp_path).items():
+            monkeypatch.setenv(key, value)
+        assert S3Source.parse(f"s3://{BUCKET}/{PREFIX}", url).read_bytes("big.bin") == data

@@ -338,10 +338,17 @@ class S3Source:
             if size is not None and size > MAX_OBJECT_BYTES:
                 body.close()
                 return size
-            data = await body.read(MAX_OBJECT_BYTES + 1)
-            if len(data) > MAX_OBJECT_BYTES:
-                body.close()
-                return len(data)
+            # read(n) returns what has arrived, up to n bytes (a socket read): read until the end of the body.
+            chunks, total = [], 0
+            while chunk := await body.read(1 << 20):
+                total += len(chunk)
+                if total > MAX_OBJECT_BYTES:
+                    body.close()
+                    return total
+                chunks.append(chunk)
+            data = b"".join(chunks)
+            if size is not None and len(data) != size:
+                raise ConnectionError(f"the store sent {len(data):,} of {size:,} bytes")
             return data
 
         try:
