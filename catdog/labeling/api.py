@@ -16,8 +16,7 @@ import os
 import stat
 import sys
 import threading
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, overload
@@ -132,8 +131,7 @@ class Labeler:
         return results[0] if single else results
 
     def _classify(self, items: list) -> list[Prediction]:
-        from catdog.cpus import usable_cpus
-        from catdog.labeling.engines import large_decode_gate, score_batch
+        from catdog.labeling.engines import decode_ahead, large_decode_gate, score_batch
 
         gate = large_decode_gate()
         results: list[Prediction] = []
@@ -151,17 +149,10 @@ class Labeler:
         if len(items) == 1:
             score(0, [self._decode(items[0], gate)])
             return results
-        with ThreadPoolExecutor(max_workers=self.workers or usable_cpus()) as pool:
-            pending: deque[tuple[int, list[Future]]] = deque()  # up to two batches decode ahead of the model
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start : start + self.batch_size]
-                pending.append((start, [pool.submit(self._decode, item, gate) for item in chunk]))
-                if len(pending) > 2:
-                    first, futures = pending.popleft()
-                    score(first, [f.result() for f in futures])
-            while pending:
-                first, futures = pending.popleft()
-                score(first, [f.result() for f in futures])
+        decode_one = lambda i: self._decode(items[i], gate)  # noqa: E731
+        with closing(decode_ahead(range(len(items)), decode_one, self.batch_size, self.workers)) as batches:
+            for indices, decoded in batches:
+                score(indices[0], decoded)
         return results
 
     def _decode(self, item: Any, gate) -> np.ndarray | str:

@@ -12,7 +12,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,41 +78,54 @@ def score_batch(rels: Sequence[str], decoded: Sequence[Decoded], predictor: Pred
     return rows
 
 
+def decode_ahead(
+    keys: Sequence, decode_one: Callable[[object], Decoded], batch_size: int, workers: int | None = None,
+) -> Iterator[tuple[Sequence, list[Decoded]]]:
+    """Yield (keys of a batch, their decodes) in order. Decoding runs on a thread pool (Pillow releases the GIL)
+    up to two batches ahead of the consumer; `workers` defaults to the CPUs this process may use."""
+    threads = workers or usable_cpus()
+
+    def decode_all(chunk: Sequence) -> list[Decoded]:
+        return [decode_one(key) for key in chunk]
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+
+        def submit(batch: Sequence) -> list[Future]:
+            # One task per thread and batch, not per file: a file that fails at once (a broken or foreign file,
+            # a FIFO) then costs its decode and no thread-pool round trip.
+            step = -(-len(batch) // threads)
+            return [pool.submit(decode_all, batch[i : i + step]) for i in range(0, len(batch), step)]
+
+        pending: deque[tuple[Sequence, list[Future]]] = deque()
+        try:
+            for start in range(0, len(keys), batch_size):
+                batch = keys[start : start + batch_size]
+                pending.append((batch, submit(batch)))
+                if len(pending) > 2:
+                    batch, futures = pending.popleft()
+                    yield batch, [d for f in futures for d in f.result()]
+            while pending:
+                batch, futures = pending.popleft()
+                yield batch, [d for f in futures for d in f.result()]
+        except BaseException:  # Ctrl-C or an abandoned generator: drop the queued decodes, don't finish them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
 def score_local(
     source: Source, listing: Listing, predictor: Predictor, batch_size: int,
     workers: int | None = None, max_pixels: int | None = None,
 ) -> Iterator[list[Scored]]:
-    """Yield batches in listing order. Decoding runs on a thread pool (Pillow releases the GIL) up to two
-    batches ahead of the model. `workers` defaults to the CPUs this process may use; `max_pixels` to the
-    limit the model was trained with (meta.json)."""
+    """Yield batches in listing order, decoded by `decode_ahead`. `workers` defaults to the CPUs this process
+    may use; `max_pixels` to the limit the model was trained with (meta.json)."""
     size = predictor.meta.image_size
     max_pixels = predictor.meta.max_pixels if max_pixels is None else max_pixels
     gate = large_decode_gate()
-    paths, problems = listing.paths, listing.problems
+    problems = listing.problems
 
-    threads = workers or usable_cpus()
+    def decode_one(rel: str) -> Decoded:
+        return decode(source, rel, problems.get(rel), size, max_pixels, gate)
 
-    def decode_all(rels: list[str]) -> list[Decoded]:
-        return [decode(source, rel, problems.get(rel), size, max_pixels, gate) for rel in rels]
-
-    def submit(rels: list[str]) -> list[Future]:
-        # One task per thread and batch, not per file: a file that fails at once (a broken or foreign file,
-        # a FIFO) then costs its decode and no thread-pool round trip.
-        step = -(-len(rels) // threads)
-        return [pool.submit(decode_all, rels[i : i + step]) for i in range(0, len(rels), step)]
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending: deque[tuple[list[str], list[Future]]] = deque()
-        try:
-            for start in range(0, len(paths), batch_size):
-                rels = paths[start : start + batch_size]
-                pending.append((rels, submit(rels)))
-                if len(pending) > 2:
-                    rels, futures = pending.popleft()
-                    yield score_batch(rels, [d for f in futures for d in f.result()], predictor)
-            while pending:
-                rels, futures = pending.popleft()
-                yield score_batch(rels, [d for f in futures for d in f.result()], predictor)
-        except BaseException:  # Ctrl-C or an abandoned generator: drop the queued decodes, don't finish them
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    with closing(decode_ahead(listing.paths, decode_one, batch_size, workers)) as batches:
+        for rels, decoded in batches:
+            yield score_batch(rels, decoded, predictor)
