@@ -178,7 +178,10 @@ def _connect(address: str | None) -> None:
         # A cluster of our own on this machine: loopback only, no dashboard, no usage report, and only the
         # CPUs this process may use (Ray would count every core of the node).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # "local": a cluster of our own even when another one runs here (or a dead one left
+        # /tmp/ray/ray_current_cluster behind), which ray.init would otherwise try to join.
         own = {"num_cpus": usable_cpus()}
+        address = "local"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     verbose = is_verbose()
     try:
@@ -189,7 +192,7 @@ def _connect(address: str | None) -> None:
             logging_level=logging.INFO if verbose else logging.ERROR, ignore_reinit_error=True, **own,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise CatdogError(f"cannot connect to the Ray cluster {address or os.environ.get('RAY_ADDRESS') or '(local)'}: {' '.join(str(exc).split())[:200]}") from None
+        raise CatdogError(f"cannot connect to the Ray cluster {'(local)' if address == 'local' else address or os.environ.get('RAY_ADDRESS')}: {' '.join(str(exc).split())[:200]}") from None
     if not verbose:
         for name in ("ray", "ray.data", "ray._private"):
             logging.getLogger(name).setLevel(logging.ERROR)

@@ -503,9 +503,16 @@ def _s3_filesystem(endpoint_url: str | None):
             import s3fs
         except ImportError:
             raise CatdogError('S3 sources need s3fs: pip install s3fs (or ".[s3]")') from None
+        from aiobotocore.session import AioSession
+
         check_endpoint(endpoint_url)
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        session = AioSession()
+        # Timestamps stay text: catdog never reads LastModified, and botocore parsing one per listed key (dateutil)
+        # was 80% of parsing a ListObjectsV2 page (14,000 keys/s on one core; 69,000 with text).
+        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
         fs = s3fs.S3FileSystem(
+            session=session,
             endpoint_url=endpoint,
             config_kwargs={"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
             skip_instance_cache=True,
