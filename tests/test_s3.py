@@ -333,11 +333,10 @@ def test_credentials_in_the_endpoint_are_refused_and_query_strings_never_echoed(
         assert result.returncode == 1 and result.stderr.startswith("error: ") and "SECRET" not in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("concurrency", [1, 4, 1000])
-def test_a_prefix_listed_by_its_sub_prefixes_concurrently_gives_every_key_once_sorted(s3, tmp_path, monkeypatch, concurrency):
-    """Keys at the top, 1,200 in one folder (two pages), deep, under "//", markers, odd characters: the listing is
-    the same sorted text whatever the concurrency (1: one listing, as before; 4: sub-prefixes of the first
-    level; 1000: two levels looked for), and never more requests in flight than allowed."""
+@pytest.fixture
+def tree(s3, tmp_path, monkeypatch):
+    """s3://BUCKET/tree: keys at the top, 1,200 in one folder (two pages), deep, under "//", markers, odd characters;
+    and the sorted path texts a listing of it must give."""
     from moto.backends import get_backend
 
     from catdog.labeling import sources
@@ -348,14 +347,23 @@ def test_a_prefix_listed_by_its_sub_prefixes_concurrently_gives_every_key_once_s
     backend = get_backend("s3")["123456789012"]["global"]
     keys = {f"tree/top-{i}.jpg": b"x" for i in range(5)}
     keys |= {f"tree/a/{i:04d}.jpg": b"x" for i in range(1200)}
-    keys |= {f"tree/s{j:02d}/{k}.jpg": b"x" for j in range(40) for k in range(3)}
+    keys |= {f"tree/s{j:02d}/{k}.jpg": b"x" * (j + 1) for j in range(40) for k in range(3)}
     keys |= {"tree/b/c/d/deep.jpg": b"x", "tree/b//x.jpg": b"x", "tree/e/": b"", "tree/f/": b"content", "tree/g/ü é.jpg": b"x",
-             "tree/h\\x.jpg": b"x", "tree/h/i.jpg": b"x", "tree-other/x.jpg": b"x"}
+             "tree/h\\x.jpg": b"x", "tree/h/i.jpg": b"x", "tree-other/x.jpg": b"x", "tree/a.jpg": b"x"}
     for key, body in keys.items():  # straight into the in-process server's store: fast
         backend.put_object(BUCKET, key, body)
     expected = sorted(sources.path_text(k[5:]) for k, body in keys.items() if k.startswith("tree/") and (body or not k.endswith("/")))
+    assert len(expected) == 1200 + 120 + 5 + 7
+    return sources.open_source(f"s3://{BUCKET}/tree", url), expected
 
-    source = sources.open_source(f"s3://{BUCKET}/tree", url)
+
+@pytest.mark.parametrize("concurrency", [1, 4, 1000])
+def test_a_prefix_listed_by_its_sub_prefixes_concurrently_gives_every_key_once_sorted(tree, monkeypatch, concurrency):
+    """The listing is the same sorted text whatever the concurrency (1: one listing, as before; 4: sub-prefixes
+    of the first level; 1000: two levels looked for), and never more requests in flight than allowed."""
+    from catdog.labeling import sources
+
+    source, expected = tree
     fs = source._fs()
     call, in_flight, most = fs._call_s3, [0], [0]
 
@@ -370,9 +378,45 @@ def test_a_prefix_listed_by_its_sub_prefixes_concurrently_gives_every_key_once_s
     monkeypatch.setattr(fs, "_call_s3", counted)
     monkeypatch.setattr(sources, "LIST_CONCURRENCY", concurrency)
     listing = source.list()
-    assert listing.paths == expected and len(expected) == 1200 + 120 + 5 + 6
+    assert listing.paths == expected
     assert listing.problems == {"f/": "object key ends with '/' (not a file name)"}
     assert 1 <= most[0] <= concurrency and (concurrency == 1 or most[0] > 1)
+
+
+class _Spread:
+    """A `sources.Spread` in this process: each call's result goes through pickle, as from another process."""
+
+    def __init__(self, width: int):
+        self.width, self.calls = width, []
+
+    def __call__(self, fn, calls):
+        import pickle
+
+        self.calls.append(calls)
+        return [pickle.loads(pickle.dumps(fn(*args))) for args in calls]
+
+
+@pytest.mark.parametrize("width", [1, 3, 8, 100])
+def test_a_prefix_listed_in_parts_elsewhere_gives_the_listing_of_one_process(tree, monkeypatch, width):
+    """The Ray engine lists an S3 prefix's sub-prefixes on the cluster (parsing ten million keys is one process's
+    bound): the driver finds the sub-prefixes, `width` parts list them, and the joined listing (paths, problems,
+    sizes and ETag stamps) is the one a single process makes."""
+    from catdog.labeling import sources
+
+    source, expected = tree
+    whole = source.list()
+    monkeypatch.setattr(sources, "SPREAD_PARTS", 40)
+    spread = _Spread(width)
+    listing = source.list(spread=spread)
+    assert listing.paths == expected == whole.paths
+    assert listing.problems == whole.problems
+    assert listing.sizes == whole.sizes and listing.stamps == whole.stamps
+    (calls,) = spread.calls
+    listed = [prefix for _, part in calls for prefix in part]
+    assert len(calls) == min(width, sources.SPREAD_PARTS)
+    assert listed == sorted(listed) and len(listed) == len(set(listed)), "each sub-prefix listed once, in order"
+    assert listed == ["tree/"] if width == 1 else len(listed) >= min(width, 40)
+    assert source.list(recursive=False, spread=spread).paths == [p for p in expected if "/" not in p]
 
 
 def test_a_large_object_is_read_whole_however_its_body_arrives(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ object, so the CLI, the benchmarks and the tests cannot pass them in the wrong o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from catdog.labeling.labels import Decision, LabelsCSV, check_out_path, check_ou
 from catdog.progress import progress_bar
 from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
 from catdog.labeling.runtime import ModelMeta, Predictor, load_predictor, resolve_model_file
-from catdog.labeling.sources import Listing, Source, StoreError, files_digest, open_source, parse_shard, shard_of
+from catdog.labeling.sources import Listing, S3Source, Source, StoreError, files_digest, open_source, parse_shard, shard_of
 from catdog.labeling.update import after, check_update_output, identified, identity_digest, merged, plan_update, write_files
 
 ENGINES = ("local", "ray")
@@ -112,7 +113,12 @@ def _model_digest(options: PredictOptions) -> str:
 def _listing(source: Source, options: PredictOptions) -> tuple[Listing, str]:
     """This run's files (its shard's) and the digest of the whole source's listing (the job record's `listing`:
     shards of one job must have seen the same files)."""
-    listing = source.list(options.recursive, options.follow_links, skip=own_files(options.out))
+    if options.engine == "ray" and isinstance(source, S3Source) and options.recursive:
+        from catdog.labeling.ray_engine import ClusterSpread  # the keys are parsed on the cluster's CPUs
+
+        listing = source.list(options.recursive, options.follow_links, spread=ClusterSpread(options.ray.address))
+    else:
+        listing = source.list(options.recursive, options.follow_links, skip=own_files(options.out))
     whole = files_digest(listing.paths)
     k, n = options.shard
     if n > 1:
@@ -141,7 +147,7 @@ def predict(options: PredictOptions, predictor: Predictor | None = None, say: Ca
     meta = predictor.meta if predictor is not None else _model_meta(options)
     decision = decision_for(meta, options)
     out = options.out
-    with run_lock(out):
+    with run_lock(out), _left_cluster(options):
         if options.update:
             check_update_output(out, options.resume, options.overwrite)
             check_output(out, options.resume, overwrite=True)
@@ -199,6 +205,18 @@ def predict(options: PredictOptions, predictor: Predictor | None = None, say: Ca
     return Summary(out, labels.ok, labels.error, time.perf_counter() - started, len(todo),
                    None if decision.pet_threshold is None else labels.counts.neither, labels.discarded,
                    kept=plan.kept if plan else 0, dropped=plan.dropped if plan else 0, note=plan.note if plan else None)
+
+
+@contextmanager
+def _left_cluster(options: PredictOptions) -> Iterator[None]:
+    """A Ray run leaves the cluster at its end, also when it listed there and had nothing to label."""
+    try:
+        yield
+    finally:
+        if options.engine == "ray":
+            from catdog.labeling.ray_engine import disconnect
+
+            disconnect()
 
 
 def decision_for(meta: ModelMeta, options: PredictOptions) -> Decision:

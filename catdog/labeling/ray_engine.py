@@ -198,6 +198,39 @@ def _connect(address: str | None) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
+class ClusterSpread:
+    """Work of the driver's listing run as Ray tasks on the cluster's CPUs (`sources.Spread`): an S3 prefix's
+    sub-prefixes are listed and parsed there, so ten million keys are not parsed by the driver alone."""
+
+    def __init__(self, address: str | None):
+        import ray
+
+        with native_stderr_filtered_live():
+            _connect(address)
+        self.width = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def __call__(self, fn, calls: list[tuple]) -> list:
+        import ray
+
+        task = ray.remote(num_cpus=1, max_retries=RETRIES)(fn)  # retried when a worker dies, not on a listing error
+        with native_stderr_filtered_live():
+            refs = [task.remote(*args) for args in calls]
+            try:
+                return ray.get(refs)
+            except Exception as exc:  # noqa: BLE001 - a RayTaskError around the listing's own one-line error
+                for ref in refs:
+                    ray.cancel(ref)
+                raise CatdogError(_reason(exc)) from None
+
+
+def disconnect() -> None:
+    """Leave the cluster (a run that listed on it may end without labeling anything)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _dataset(listing: Listing, rows: int):
     """The listing as a Ray dataset of blocks of `rows` rows."""
     import pyarrow as pa

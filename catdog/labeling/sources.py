@@ -16,7 +16,7 @@ import re
 import stat
 import urllib.parse
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,12 +372,16 @@ class S3Source:
             raise ImageError(_too_large(got))
         return got
 
-    def _walk(self, recursive: bool, take: Callable[[list[dict]], None]) -> None:
+    def _walk(self, recursive: bool, take: Callable[[list[dict]], None], leaves: list[str] | None = None,
+              spread: int = 0) -> list[str]:
         """Every key under the prefix into `take`, a page (up to 1,000 objects) at a time, in no set order.
         Recursive: the sub-prefixes ("folders") are found with Delimiter "/", down to where there are enough
         to keep LIST_CONCURRENCY requests busy (at most LIST_DISCOVERY_LEVELS levels), and listed concurrently,
         at most LIST_CONCURRENCY requests in flight, so ten million keys are not 10,000 requests one after
-        another. Memory: the pages in flight, each handed to `take` as it arrives."""
+        another. Memory: the pages in flight, each handed to `take` as it arrives.
+
+        `spread` > 0: only find sub-prefixes, down to where there are `spread` of them (at most SPREAD_LEVELS
+        levels), and return those still to list, for other processes (`leaves`: list exactly these)."""
         import asyncio
 
         import fsspec.asyn
@@ -411,52 +415,116 @@ class S3Source:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
 
-        async def walk() -> None:
+        async def walk() -> list[str]:
             gate = asyncio.Semaphore(LIST_CONCURRENCY)
+            if leaves is not None:
+                await every(listed(prefix, False, gate) for prefix in leaves)
+                return []
             if not recursive:
                 await listed(self.prefix, True, gate)
-                return
+                return []
             level = [self.prefix]
-            for _ in range(LIST_DISCOVERY_LEVELS):
-                if len(level) >= LIST_CONCURRENCY:
+            for _ in range(SPREAD_LEVELS if spread else LIST_DISCOVERY_LEVELS):
+                if len(level) >= (spread or LIST_CONCURRENCY):
                     break
                 # Keys directly at this level arrive with the sub-prefixes; each key is in exactly one listing.
                 level = [sub for subs in await every(listed(prefix, True, gate) for prefix in level) for sub in subs]
+            if spread:
+                return level
             await every(listed(prefix, False, gate) for prefix in level)
+            return []
 
-        fsspec.asyn.sync(fs.loop, walk)
+        return fsspec.asyn.sync(fs.loop, walk)
 
-    def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
+    def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None,
+             spread: Spread | None = None) -> Listing:
         """Listed page by page (1,000 keys each, sub-prefixes concurrently: `_walk`): only the relative key texts
         are kept (and a reason for the rare object that cannot be labeled from its listing alone), sorted as
-        text. Empty keys ending in "/" are folder markers."""
-        paths: list[str] = []
-        problems: dict[str, str] = {}
-        sizes, stamps = array("q"), array("q")
-        cut = len(self.prefix)
+        text. Empty keys ending in "/" are folder markers.
 
-        def take(page: list[dict]) -> None:
-            for obj in page:
-                key, size = obj["Key"], obj.get("Size", 0)
-                if key.endswith("/") and not size:
-                    continue
-                rel = path_text(key[cut:])
-                paths.append(rel)
-                sizes.append(size)
-                stamps.append(etag_stamp(obj.get("ETag")))
-                if key.endswith("/"):
-                    problems[rel] = "object key ends with '/' (not a file name)"
-                elif size > MAX_OBJECT_BYTES:
-                    problems[rel] = _too_large(size)
-
-        self._walk(recursive, take)
-        if not paths:
+        `spread` (the Ray engine's cluster) lists the sub-prefixes in other processes: the driver only finds
+        them (Delimiter "/", down to where there are enough for `spread.width` parts) and joins the parts, so
+        parsing ten million keys, the bound of one process, is spread over the cluster's CPUs. The listing is
+        the same either way."""
+        part = _Part(len(self.prefix))
+        leaves: list[str] = []
+        width = max(1, min(SPREAD_PARTS, spread.width)) if spread is not None and recursive else 0
+        leaves = self._walk(recursive, part.take, spread=width)
+        if leaves:  # contiguous runs of sorted sub-prefixes, each part sorted where it was listed
+            count = min(width, len(leaves))
+            bounds = [len(leaves) * i // count for i in range(count + 1)]
+            for other in spread(list_leaves, [(self, leaves[a:b]) for a, b in zip(bounds, bounds[1:])]):
+                part.extend(other)
+        if not part.paths:
             raise CatdogError(f"no objects found under {redact_url(self.describe())}")
-        if any(a > b for a, b in zip(paths, paths[1:])):  # S3 lists in key order; escaped backslashes may move a few
+        part.sort()
+        return Listing(part.paths, part.problems, part.sizes, part.stamps)
+
+
+# Spreading a listing over a cluster (the Ray engine): sub-prefixes are looked for down to SPREAD_LEVELS levels
+# until there are as many as parts, and handed out in up to SPREAD_PARTS parts, each listed in its own process
+# with LIST_CONCURRENCY requests in flight (so at most 32 x 32 = 1,024 in flight against the store).
+SPREAD_LEVELS = 3
+SPREAD_PARTS = 32
+
+
+class Spread(Protocol):
+    """Runs `fn(*args)` for each `args` of `calls` in other processes, `width` at a time at most, and yields the
+    results in the order of `calls`."""
+
+    width: int
+
+    def __call__(self, fn: Callable, calls: list[tuple]) -> Iterable: ...
+
+
+class _Part:
+    """Listed keys gathered page by page: relative path texts, sizes, ETag stamps, and the reasons some cannot be
+    labeled from their listing alone. Picklable (a part listed in another process comes back as one)."""
+
+    def __init__(self, cut: int):
+        self.cut = cut
+        self.paths: list[str] = []
+        self.problems: dict[str, str] = {}
+        self.sizes, self.stamps = array("q"), array("q")
+
+    def take(self, page: list[dict]) -> None:
+        cut, paths, sizes, stamps, problems = self.cut, self.paths, self.sizes, self.stamps, self.problems
+        for obj in page:
+            key, size = obj["Key"], obj.get("Size", 0)
+            if key.endswith("/") and not size:
+                continue
+            rel = path_text(key[cut:])
+            paths.append(rel)
+            sizes.append(size)
+            stamps.append(etag_stamp(obj.get("ETag")))
+            if key.endswith("/"):
+                problems[rel] = "object key ends with '/' (not a file name)"
+            elif size > MAX_OBJECT_BYTES:
+                problems[rel] = _too_large(size)
+
+    def sort(self) -> None:
+        """Into path-text order (S3 lists in key order, but concurrent listings interleave their pages and escaped
+        backslashes may move a few; runs already in order cost little)."""
+        paths = self.paths
+        if any(a > b for a, b in zip(paths, paths[1:])):
             order = sorted(range(len(paths)), key=paths.__getitem__)
-            paths = [paths[i] for i in order]
-            sizes, stamps = array("q", (sizes[i] for i in order)), array("q", (stamps[i] for i in order))
-        return Listing(paths, problems, sizes, stamps)
+            self.paths = [paths[i] for i in order]
+            self.sizes = array("q", (self.sizes[i] for i in order))
+            self.stamps = array("q", (self.stamps[i] for i in order))
+
+    def extend(self, other: _Part) -> None:
+        self.paths += other.paths
+        self.problems.update(other.problems)
+        self.sizes += other.sizes
+        self.stamps += other.stamps
+
+
+def list_leaves(source: S3Source, leaves: list[str]) -> _Part:
+    """The keys under the sub-prefixes `leaves` of `source` (one part of a spread listing; run in a worker)."""
+    part = _Part(len(source.prefix))
+    source._walk(True, part.take, leaves=leaves)
+    part.sort()
+    return part
 
 
 def etag_stamp(etag: str | None) -> int:
