@@ -17,7 +17,10 @@ One run, every figure from it, ratios against a baseline measured in the same ru
             row, so no model time hides the rest) labelled by both engines, the CSVs compared;
   listing   an S3 prefix of --list-keys keys under many sub-prefixes on a moto server on 127.0.0.1, listed
             one page at a time (LIST_CONCURRENCY=1, as before) and by sub-prefixes concurrently; again with
-            --list-latency-ms added to every list request (moto answers from this machine's CPUs; S3 from afar).
+            --list-latency-ms added to every list request (moto answers from this machine's CPUs; S3 from afar);
+            then spread over a two-node Ray cluster as `--engine ray` lists (the same listing, checked); and
+            what bounds a listing of ten million keys: botocore parsing a page on one core (with its dateutil
+            timestamps, as before, and with timestamps kept as text, as now) and the driver joining the parts.
 
     python benchmarks/scale_out.py --model models
     python benchmarks/scale_out.py --model models --copies 10 --broken 50000,250000 --list-keys 100000
@@ -27,6 +30,7 @@ One run, every figure from it, ratios against a baseline measured in the same ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -225,63 +229,79 @@ def append_rate(rows: int, folder: Path, block: int = 4096) -> float:
     return rows / (time.perf_counter() - started)
 
 
-def listing_rates(keys: int, latency_ms: float) -> dict[str, float]:
-    """Keys/s listing an S3 prefix of `keys` keys (200 folders of 10 sub-folders) on a moto server on 127.0.0.1:
-    one page at a time against sub-prefixes concurrently, each with and without `latency_ms` per request."""
+@contextlib.contextmanager
+def moto_bucket(keys: int):
+    """A moto server on 127.0.0.1 whose bucket `bench` holds `keys` keys under photos/ (200 folders of 10
+    sub-folders); yields its URL, with AWS credentials for it in the environment."""
     from moto.backends import get_backend
-    from moto.s3.models import S3Backend
     from moto.server import ThreadedMotoServer
-
-    from catdog.labeling import sources
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    plain = S3Backend.list_objects_v2
-    concurrency = sources.LIST_CONCURRENCY
-    rates = {}
     try:
         host, port = server.get_host_and_port()
         backend = get_backend("s3")["123456789012"]["global"]
-        backend.create_bucket("bench", "us-east-1")
-        for i in range(keys):  # into the in-process server's store directly: seconds, not minutes
-            backend.put_object("bench", f"photos/{i % 200:03d}/{i // 200 % 10}/img_{i:08d}.jpg", b"\xff\xd8\xff\xe0junk")
-
-        def slow(self, *args, **kwargs):
-            time.sleep(latency_ms / 1000)
-            return plain(self, *args, **kwargs)
-
-        expected = None
-        for delay in (False, True):
-            S3Backend.list_objects_v2 = slow if delay else plain
-            for name, n in (("serial", 1), ("concurrent", concurrency)):
-                sources.LIST_CONCURRENCY = n
-                source = sources.S3Source.parse("s3://bench/photos", f"http://{host}:{port}")
-                started = time.perf_counter()
-                paths = source.list().paths
-                rates[f"{name}{' +latency' if delay else ''}"] = len(paths) / (time.perf_counter() - started)
-                expected = expected or paths
-                assert paths == expected and len(paths) == keys, "listings differ"
-                log(f"  listing {name}{f' +{latency_ms:g} ms' if delay else ''}: {rates[list(rates)[-1]]:,.0f} keys/s")
+        if "bench" not in backend.buckets:
+            backend.create_bucket("bench", "us-east-1")
+            for i in range(keys):  # into the in-process server's store directly: seconds, not minutes
+                backend.put_object("bench", f"photos/{i % 200:03d}/{i // 200 % 10}/img_{i:08d}.jpg", b"\xff\xd8\xff\xe0junk")
+        yield f"http://{host}:{port}"
     finally:
-        S3Backend.list_objects_v2 = plain
-        sources.LIST_CONCURRENCY = concurrency
         server.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def listing_rates(keys: int, latency_ms: float) -> dict[str, float]:
+    """Keys/s listing an S3 prefix of `keys` keys on moto: one page at a time against sub-prefixes concurrently,
+    each with and without `latency_ms` per request."""
+    from moto.s3.models import S3Backend
+
+    from catdog.labeling import sources
+
+    plain = S3Backend.list_objects_v2
+    concurrency = sources.LIST_CONCURRENCY
+    rates = {}
+    try:
+        with moto_bucket(keys) as url:
+
+            def slow(self, *args, **kwargs):
+                time.sleep(latency_ms / 1000)
+                return plain(self, *args, **kwargs)
+
+            expected = None
+            for delay in (False, True):
+                S3Backend.list_objects_v2 = slow if delay else plain
+                for name, n in (("serial", 1), ("concurrent", concurrency)):
+                    sources.LIST_CONCURRENCY = n
+                    source = sources.S3Source.parse("s3://bench/photos", url)
+                    started = time.perf_counter()
+                    paths = source.list().paths
+                    rates[f"{name}{' +latency' if delay else ''}"] = len(paths) / (time.perf_counter() - started)
+                    expected = expected or paths
+                    assert paths == expected and len(paths) == keys, "listings differ"
+                    log(f"  listing {name}{f' +{latency_ms:g} ms' if delay else ''}: {rates[list(rates)[-1]]:,.0f} keys/s")
+    finally:
+        S3Backend.list_objects_v2 = plain
+        sources.LIST_CONCURRENCY = concurrency
     return rates
 
 
-def parse_rate() -> float:
-    """Keys/s botocore parses ListObjectsV2 pages at on one core: a listing's ceiling in one driver process,
-    however many requests are in flight (the answers are parsed in its one event loop)."""
+def parse_rate(text_timestamps: bool = True) -> float:
+    """Keys/s one core lists at, beyond the requests: botocore parsing ListObjectsV2 pages and catdog keeping
+    each key (path text, size, ETag stamp); a listing's ceiling in one process, however many requests are in
+    flight (the answers are parsed in its one event loop). `text_timestamps`: as catdog's S3 session now parses
+    (LastModified left as text), else with botocore's default (dateutil), as before."""
     import botocore.session
-    from botocore.parsers import create_parser
+    from botocore.parsers import RestXMLParser
+
+    from catdog.labeling.sources import _Part
 
     shape = botocore.session.get_session().get_service_model("s3").operation_model("ListObjectsV2").output_shape
     items = "".join(
@@ -292,17 +312,64 @@ def parse_rate() -> float:
     body = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
             f"<Name>b</Name><Prefix>photos/</Prefix><KeyCount>1000</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true"
             f"</IsTruncated><NextContinuationToken>t</NextContinuationToken>{items}</ListBucketResult>").encode()
-    parser, pages = create_parser("rest-xml"), 20
+    parser, pages = RestXMLParser(**({"timestamp_parser": str} if text_timestamps else {})), 50
+    part = _Part(len("photos/"))
+    parser.parse({"body": body, "headers": {}, "status_code": 200}, shape)  # warm
     started = time.process_time()
     for _ in range(pages):
-        parser.parse({"body": body, "headers": {}, "status_code": 200}, shape)
+        part.take(parser.parse({"body": body, "headers": {}, "status_code": 200}, shape)["Contents"])
     return pages * 1000 / (time.process_time() - started)
+
+
+def join_rate(keys: int = 1_000_000, parts: int = 32) -> float:
+    """Keys/s the driver joins a spread listing's parts at: each part unpickled (as Ray hands it over), appended,
+    and the whole checked in order."""
+    import pickle
+
+    from catdog.labeling.sources import _Part
+
+    blobs = []
+    for k in range(parts):
+        part = _Part(0)
+        part.take([{"Key": f"{k:03d}/{i // 1000:04d}/img_{i:08d}.jpg", "Size": 123456, "ETag": f'"{i:032x}"'}
+                   for i in range(k * keys // parts, (k + 1) * keys // parts)])
+        blobs.append(pickle.dumps(part))
+    started = time.perf_counter()
+    whole = _Part(0)
+    for blob in blobs:
+        whole.extend(pickle.loads(blob))
+    whole.sort()
+    return keys / (time.perf_counter() - started)
+
+
+def spread_listing_rate(address: str, keys: int) -> dict[str, float]:
+    """Keys/s listing --list-keys keys on moto in this process (concurrently) against spread over the Ray
+    cluster at `address` (as `--engine ray` lists), the listings compared."""
+    from catdog.labeling import sources
+    from catdog.labeling.ray_engine import ClusterSpread, disconnect
+
+    with moto_bucket(keys) as url:
+        source = sources.S3Source.parse("s3://bench/photos", url)
+        started = time.perf_counter()
+        here = source.list()
+        here_s = time.perf_counter() - started
+        spread = ClusterSpread(address)
+        try:
+            started = time.perf_counter()
+            there = source.list(spread=spread)
+            there_s = time.perf_counter() - started
+        finally:
+            disconnect()
+    assert there.paths == here.paths and there.sizes == here.sizes and there.stamps == here.stamps, "listings differ"
+    return {"here": keys / here_s, "spread": keys / there_s, "parts": min(sources.SPREAD_PARTS, spread.width)}
 
 
 def local_list_rate(folder: Path) -> float:
     """Files/s `LocalSource.list` walks `folder` at (page cache warm), and the driver's other per-file work
     before the first block (files digest, Arrow blocks) added in."""
     from unittest import mock
+
+    import pyarrow  # noqa: F401 - imported by the driver long before (a second of import is not listing)
 
     from catdog.labeling.ray_engine import _dataset
     from catdog.labeling.sources import LocalSource, files_digest
@@ -315,11 +382,21 @@ def local_list_rate(folder: Path) -> float:
     return len(listing) / (time.perf_counter() - started)
 
 
-def paper_table(per_core: float, start_s: float, block_s: float, append: float, folder_rate: float, s3_rate: float) -> list[str]:
+def s3_list_seconds(cores: int, core_rate: float, join: float, latency_s: float) -> float:
+    """Seconds to list TARGET keys as `--engine ray` does on `cores` cores: up to SPREAD_PARTS parts, each a
+    process parsing `core_rate` keys/s with LIST_CONCURRENCY pages of 1,000 in flight (`latency_s` each), then
+    the driver joining them at `join` keys/s."""
+    from catdog.labeling.sources import LIST_CONCURRENCY, SPREAD_PARTS
+
+    parts = min(SPREAD_PARTS, cores)
+    return max(TARGET / (core_rate * parts), TARGET / 1000 * latency_s / (parts * LIST_CONCURRENCY)) + TARGET / join
+
+
+def paper_table(per_core: float, start_s: float, block_s: float, append: float, folder_rate: float, s3_seconds) -> list[str]:
     """Hours for TARGET images on 1, 10, 100 and 1,000 nodes of NODE_CORES cores: the driver's listing (a shared
-    folder, or S3), then start-up, then the slowest of the workers, Ray's hand-back to the driver (`block_s`
-    seconds per block, blocks as `block_rows` sizes them for that many actors) and the driver's CSV appends;
-    speed-up per node against one node, and what bounds each row."""
+    folder, or S3: `s3_seconds(cores)`), then start-up, then the slowest of the workers, Ray's hand-back to the
+    driver (`block_s` seconds per block, blocks as `block_rows` sizes them for that many actors) and the driver's
+    CSV appends; speed-up per node against one node, and what bounds each row."""
     from catdog.labeling.ray_engine import block_rows
 
     lines = [f"{'nodes':>5} {'cores':>6} {'workers img/s':>14} {'hand-back':>10} {'labeling bound':>15} {'folder h':>9} {'x/node':>6} "
@@ -333,11 +410,11 @@ def paper_table(per_core: float, start_s: float, block_s: float, append: float, 
         bound = min(limits, key=limits.get)
         label_s = TARGET / limits[bound]
         cells, names = [], []
-        for source, rate in (("folder", folder_rate), ("S3", s3_rate)):
-            seconds = TARGET / rate + start_s + label_s
+        for source, list_s in (("folder", TARGET / folder_rate), ("S3", s3_seconds(actors))):
+            seconds = list_s + start_s + label_s
             base.setdefault(source, seconds)
             cells.append((seconds / 3600, base[source] / seconds / nodes))
-            parts = {"listing": TARGET / rate, "start-up": start_s, bound: label_s}
+            parts = {"listing": list_s, "start-up": start_s, bound: label_s}
             names.append(max(parts, key=parts.get))
         lines.append(f"{nodes:>5} {actors:>6} {workers:>14,.0f} {handback:>10,.0f} {bound:>15} {cells[0][0]:>9.2f} {cells[0][1]:>6.2f} "
                      f"{cells[1][0]:>6.2f} {cells[1][1]:>6.2f}  {names[0]}; {names[1]}")
@@ -426,7 +503,13 @@ def main() -> None:
         if "listing" in only and args.list_keys:
             log(f"listing {args.list_keys:,} keys on moto ...")
             figures["listing"] = listing_rates(args.list_keys, args.list_latency_ms)
-        figures["parse"] = parse_rate()
+            cluster = RayCluster(2, cpus)
+            try:
+                figures["spread"] = spread_listing_rate(cluster.address, args.list_keys)
+            finally:
+                cluster.close()
+            log(f"  listing spread over 2 nodes: {figures['spread']['spread']:,.0f} keys/s, here {figures['spread']['here']:,.0f}")
+        figures["parse_before"], figures["parse"], figures["join"] = parse_rate(False), parse_rate(True), join_rate()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -459,17 +542,27 @@ def main() -> None:
         print(f"S3 listing, {args.list_keys:,} keys on moto: serial {lr['serial']:,.0f} keys/s, concurrent {lr['concurrent']:,.0f} "
               f"(x{lr['concurrent'] / lr['serial']:.1f}); with {args.list_latency_ms:g} ms per request: serial {lr['serial +latency']:,.0f}, "
               f"concurrent {lr['concurrent +latency']:,.0f} (x{lr['concurrent +latency'] / lr['serial +latency']:.1f})")
+    if "spread" in figures:
+        sp = figures["spread"]
+        print(f"S3 listing spread over a 2-node Ray cluster ({sp['parts']} parts, as --engine ray lists): {sp['spread']:,.0f} keys/s "
+              f"against {sp['here']:,.0f} in the driver alone (moto's CPUs are the limit here), the same listing")
+    print(f"one core lists (parses a page, keeps each key) {figures['parse_before']:,.0f} keys/s before, {figures['parse']:,.0f} now "
+          f"(x{figures['parse'] / figures['parse_before']:.1f}); the driver joins listed parts at {figures['join']:,.0f} keys/s")
     if photos and "new" in figures and "append" in figures and broken:
         ray2 = photos["ray, 2 nodes"]
         per_core = ray2["labeling_rate"] / cpus
+        latency_s = args.list_latency_ms / 1000
         print(f"driver before the first block: a folder listed (+ digest, blocks) at {figures['folder']:,.0f} files/s; "
-              f"S3 pages parsed at {figures['parse']:,.0f} keys/s (one core: the concurrent listing's ceiling)")
+              f"S3 listed on the cluster: {TARGET:,} keys in {s3_list_seconds(NODE_CORES, figures['parse'], figures['join'], latency_s):.0f} s "
+              f"on one node, {s3_list_seconds(100 * NODE_CORES, figures['parse'], figures['join'], latency_s):.0f} s on 100 "
+              f"({args.list_latency_ms:g} ms a request); before, in the driver alone: {TARGET / figures['parse_before']:.0f} s")
         print()
         print(f"on paper, {TARGET:,} images, nodes of {NODE_CORES} cores at this run's Ray rate of {per_core:.0f} images/s per core, "
               f"start-up {ray2['start']:.0f} s, hand-back {figures['new'][1]:,.0f} rows/s (steady), appends {figures['append']:,.0f} rows/s:")
         block_s = figures["block"] / figures["new"][1]  # seconds per block at steady state
         print(f"(the driver takes {block_s * 1000:.0f} ms per block of {figures['block']:,} rows)")
-        for line in paper_table(per_core, ray2["start"], block_s, figures["append"], figures["folder"], figures["parse"]):
+        s3_seconds = lambda cores: s3_list_seconds(cores, figures["parse"], figures["join"], latency_s)  # noqa: E731
+        for line in paper_table(per_core, ray2["start"], block_s, figures["append"], figures["folder"], s3_seconds):
             print(line)
 
 

@@ -233,6 +233,7 @@ def disconnect() -> None:
 
 def _dataset(listing: Listing, rows: int):
     """The listing as a Ray dataset of blocks of `rows` rows."""
+    import numpy as np
     import pyarrow as pa
     import ray.data
 
@@ -242,7 +243,7 @@ def _dataset(listing: Listing, rows: int):
         chunk = paths[start : start + rows]
         troubles = [problems.get(r) for r in chunk] if problems else None
         tables.append(pa.table({
-            "i": pa.array(range(start, start + len(chunk)), pa.int64()),
+            "i": pa.array(np.arange(start, start + len(chunk), dtype=np.int64)),  # from a range: 0.5 s a million
             "rel": pa.array(chunk, pa.string()),  # path text is valid UTF-8
             "problem": pa.array([p and p.encode("utf-8", "surrogateescape") for p in troubles], pa.binary())
             if troubles else pa.nulls(len(chunk), pa.binary()),
