@@ -222,7 +222,8 @@ def merge_labels(
     from catdog.labeling.merge import merge_labels as run
 
     summary = run(MergeOptions(out=out, shards=tuple(shards), overwrite=overwrite))
-    _say(f"merged {summary.shards} shards of {summary.source}: {summary.rows} rows ({summary.ok} ok, {summary.error} error) -> {summary.out}")
+    neither = f"; {summary.neither} of the ok neither a cat nor a dog" if summary.neither is not None else ""
+    _say(f"merged {summary.shards} shards of {summary.source}: {summary.rows} rows ({summary.ok} ok, {summary.error} error){neither} -> {summary.out}")
 
 
 @app.command("export-xlsx")

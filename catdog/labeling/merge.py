@@ -28,7 +28,7 @@ from pathlib import Path
 from catdog.errors import CatdogError
 from catdog.fsutil import atomic_path
 from catdog.labeling.jobrecord import JobRecord, catdog_version, file_sha256, job_record_path, now_utc, read_job_record, write_job_record
-from catdog.labeling.labels import COLUMNS, Decision, csv_writer, open_csv
+from catdog.labeling.labels import COLUMNS, NEITHER, Decision, csv_writer, open_csv
 from catdog.labeling.reading import LabelsReader, check_new_output
 from catdog.labeling.sources import shard_of
 
@@ -51,6 +51,7 @@ class MergeSummary:
     ok: int
     error: int
     rounds: int = 1  # merge passes: more than one when the shards outnumber the files this process may open
+    neither: int | None = None  # ok rows labeled neither (None: the job labeled only cats and dogs)
 
     @property
     def rows(self) -> int:
@@ -211,7 +212,7 @@ def merge_labels(options: MergeOptions) -> MergeSummary:
     shards = [_Shard(path, read_job_record(path)) for path in options.shards]
     n = _check_job(shards)
     width = max(3, open_files_budget())  # at least two inputs and a round's output per pass
-    ok = error = 0
+    ok = error = neither = 0
     rounds = 1
     with ExitStack() as stack:
         # Rounds: while the inputs outnumber the files we may hold open, merge groups of them into temporary files.
@@ -240,6 +241,7 @@ def merge_labels(options: MergeOptions) -> MergeSummary:
                 writer.writerow(fields)
                 if fields[_STATUS] == "ok":
                     ok += 1
+                    neither += fields[1] == NEITHER
                 else:
                     error += 1
         # The merged CSV's own record, as for one run of shard 0/1, before the CSV appears (as a run does).
@@ -248,4 +250,4 @@ def merge_labels(options: MergeOptions) -> MergeSummary:
             catdog_version=catdog_version(),
         )
         write_job_record(out, merged_record)
-    return MergeSummary(out, shards[0].record.source, n, ok, error, rounds)
+    return MergeSummary(out, shards[0].record.source, n, ok, error, rounds, neither if shards[0].record.neither else None)
