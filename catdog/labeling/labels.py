@@ -99,22 +99,29 @@ def lock_path(out: Path) -> Path:
     return out.with_name(out.name + ".lock")
 
 
-def own_files(out: Path) -> Callable[[str], bool]:
+def own_files(out: Path) -> OwnFiles:
     """Whether a (resolved) path is this run's own: the CSV at `out`, its `.partial`, `.progress.json`,
     `.lock`, `.job.json` and `.files`, or a hidden temporary file of their atomic writes. Those are never labelled;
     every other file is."""
-    folder = os.path.realpath(out.parent)
-    names = [out.name] + [f"{out.name}.{suffix}" for suffix in ("partial", "progress.json", "lock", "job.json", "files")]
-    exact = {os.path.join(folder, name) for name in names}
-    temp_prefixes = tuple(f".{name}." for name in names)
+    return OwnFiles(out)
 
-    def own(path: str) -> bool:
-        if out.name not in path:  # nearly every file: one substring test, called once per file listed
+
+class OwnFiles:
+    """The predicate `own_files` gives. Every name it can match contains `marker` (the CSV's name), so a listing
+    tests a file's name for it and builds the full path only for the few that do."""
+
+    def __init__(self, out: Path):
+        self.marker = out.name
+        self._folder = os.path.realpath(out.parent)
+        names = [out.name] + [f"{out.name}.{suffix}" for suffix in ("partial", "progress.json", "lock", "job.json", "files")]
+        self._exact = {os.path.join(self._folder, name) for name in names}
+        self._temp_prefixes = tuple(f".{name}." for name in names)
+
+    def __call__(self, path: str) -> bool:
+        if self.marker not in path:
             return False
         parent, name = os.path.split(path)
-        return path in exact or (parent == folder and name.startswith(temp_prefixes) and name.endswith(".tmp"))
-
-    return own
+        return path in self._exact or (parent == self._folder and name.startswith(self._temp_prefixes) and name.endswith(".tmp"))
 
 
 def _open_own(path: Path, flags: int, what: str) -> int:

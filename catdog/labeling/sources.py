@@ -83,7 +83,8 @@ class Listing:
 
 class Source(Protocol):
     def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
-        """Every file, sorted by relative path; `skip(real_path)` leaves out (local) files such as the run's own CSV."""
+        """Every file, sorted by relative path; `skip(real_path)` leaves out (local) files such as the run's own CSV
+        (a `skip` with a `marker` attribute, like `catdog.labeling.labels.own_files`, matches only names holding it)."""
 
     def opened(self, rel: str) -> AbstractContextManager[BinaryIO | bytes]:
         """The file for `catdog.images.load_image`: an open regular file, or the object's bytes; OSError if it
@@ -161,6 +162,8 @@ class LocalSource:
             paths.append(rel)
             problems[rel] = reason
 
+        # Every name `skip` can match contains its `marker` (if it has one): the full path is built only for those.
+        marker = None if skip is None else getattr(skip, "marker", "")
         stack = [(root, "")]
         while stack or linked:
             if not stack:  # every real folder reached so far is listed: enter the first symlinked one
@@ -177,9 +180,10 @@ class LocalSource:
                 others = []  # folders, links and special files; regular files go straight to `paths`
                 with os.scandir(folder) as it:
                     for child in it:
-                        if not child.is_symlink() and child.is_file(follow_symlinks=False):  # no stat call
-                            if skip is None or not skip(os.path.join(real_folder, child.name)):
-                                paths.append(prefix + path_text(child.name))
+                        if child.is_file(follow_symlinks=False):  # a regular file, not a link: no stat call
+                            name = child.name
+                            if marker is None or marker not in name or not skip(os.path.join(real_folder, name)):
+                                paths.append(prefix + path_text(name))
                         else:
                             others.append(child)
             except OSError as exc:
@@ -215,7 +219,7 @@ class LocalSource:
                         else:
                             subfolders.append((child.path, rel + "/"))
                         continue
-                    if not link and skip is not None and skip(os.path.join(real_folder, child.name)):
+                    if not link and marker is not None and marker in child.name and skip(os.path.join(real_folder, child.name)):
                         continue
                     problem = _special(st.st_mode)
                     if problem:
@@ -617,6 +621,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 def files_digest(paths: list[str]) -> str:
     """A digest of the relative paths to label: resuming is only exact when they have not changed."""
     digest = hashlib.blake2b(digest_size=16)
-    for rel in paths:
-        digest.update(rel.encode("utf-8", "surrogatepass") + b"\0")
+    for start in range(0, len(paths), 1 << 16):  # each path followed by a NUL, hashed in C a slice at a time
+        digest.update(("\0".join(paths[start:start + (1 << 16)]) + "\0").encode("utf-8", "surrogatepass"))
     return digest.hexdigest()

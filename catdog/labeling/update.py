@@ -124,9 +124,6 @@ def _read_header(path: Path) -> dict | None:
     return header if ok else None
 
 
-OldRow = tuple[str, str, int, int, int, int]  # path, label if ok (None for error rows), size, stamp, start, end
-
-
 def _raw_rows(fh) -> Iterator[tuple[bytes, int]]:
     """The rows of a CSV opened in binary mode, each as its bytes and its offset: a row holding an odd number of
     quote characters goes on past its line end (a quoted name with a line break)."""
@@ -151,36 +148,130 @@ def _fields(row: bytes) -> list[str]:
     return next(csv.reader(io.StringIO(row.decode("utf-8"), newline="")), [])
 
 
-def _old_rows(out: Path, rows: int) -> Iterator[OldRow]:
-    """The rows of the CSV `out` with their sidecar identities and byte spans, in order (checked: six columns,
-    paths increasing, as many rows as the sidecar)."""
-    stale = _Stale(f"{out} does not match {files_path(out).name}")
-    with open(out, "rb") as fh, open(files_path(out), "rb") as side:
-        side.readline(1 << 20)
-        if fh.readline() != HEADER:
-            raise _Stale(f"{out} has other columns than {','.join(COLUMNS)} (written by another catdog version)")
-        records = iter(())
-        previous, seen, start = "", 0, fh.tell()
-        for row, start in _raw_rows(fh):
-            if b'"' not in row and row.endswith(b"\r\n"):  # nearly every row: no quoted field
-                fields = row[:-2].decode("utf-8").split(",")
-            else:
-                fields = _fields(row)
-            record = next(records, None)
-            if record is None:
-                records = iter(np.frombuffer(side.read(_CHUNK * 16), dtype=_RECORD).reshape(-1, 2).tolist())
-                record = next(records, None)
-            if record is None or len(fields) != 6 or fields[0] <= previous and seen:
-                raise stale
-            previous = fields[0]
-            seen += 1
-            yield previous, fields[1] if fields[4] == "ok" else None, record[0], record[1], start, start + len(row)
-        if seen != rows or next(records, None) is not None or side.read(1):
-            raise stale
-
-
 class _Stale(Exception):
     """The old CSV cannot be updated; the message says why."""
+
+
+_JOIN_BYTES = 1 << 17  # the old CSV is joined this many bytes of rows at a time
+_NEITHER_FIELD = f",{NEITHER},".encode()
+_OK_END = b",ok,\r\n"  # the end of an ok row (its error field empty)
+
+
+@dataclass
+class _Piece:
+    """Consecutive rows of the old CSV with their sidecar identities. `data` holds the rows' bytes when they
+    passed `_plain`'s checks (no quote, six fields each): then a run of kept rows is counted in those bytes;
+    else `labels` is filled row by row."""
+
+    start: int  # the first row's byte offset in the CSV
+    ends: np.ndarray  # each row's end offset in the CSV
+    paths: list[str]
+    records: np.ndarray  # (rows, 2): each row's size and stamp
+    all_ok: bool
+    data: bytes | None = None
+    labels: list[str | None] | None = None  # each row's label if its status is ok, else None
+    _ok_mask: np.ndarray | None = None
+
+    def row_start(self, j: int) -> int:
+        return self.start if j == 0 else int(self.ends[j - 1])
+
+    def ok_labels(self) -> list[str | None]:
+        if self.labels is None:
+            assert self.data is not None
+            rows = (line.split(",") for line in self.data.decode("utf-8").split("\r\n")[:-1])
+            self.labels = [fields[1] if fields[4] == "ok" else None for fields in rows]
+        return self.labels
+
+    def ok_mask(self) -> np.ndarray:
+        """Whether each row's status is ok (as `ok_labels` says, with rows whose error is not empty counted out)."""
+        if self._ok_mask is None:
+            if self.data is None:
+                self._ok_mask = np.array([label is not None for label in self.ok_labels()], dtype=bool)
+            else:  # five commas a row: a row ends with ",ok,CRLF" when its status is ok and its error empty
+                raw = np.frombuffer(self.data, dtype=np.uint8)
+                tails = raw[(self.ends - self.start)[:, None] + np.arange(-len(_OK_END), 0)]
+                self._ok_mask = (tails == np.frombuffer(_OK_END, dtype=np.uint8)).all(axis=1)
+        return self._ok_mask
+
+    def neither(self, j0: int, j1: int) -> int:
+        """How many of rows j0..j1-1, all ok, are labeled `neither`."""
+        if self.labels is not None:
+            return self.labels[j0:j1].count(NEITHER)
+        # Six fields, no quotes: ",neither," can only be a label (the scores are numbers, the status "ok").
+        return self.data.count(_NEITHER_FIELD, self.row_start(j0) - self.start, int(self.ends[j1 - 1]) - self.start)
+
+
+def _pieces(fh, side, stale: _Stale) -> Iterator[_Piece]:
+    """The rows of the CSV open at its first row, piece by piece: about `_JOIN_BYTES` at a time, each piece ending
+    at a row's end (a quoted row with a line break is never cut), each with its rows' sidecar records."""
+    offset, carry = fh.tell(), b""
+    while True:
+        block = fh.read(_JOIN_BYTES)
+        data = carry + block if carry else block
+        if not block:
+            if data:  # a last row without its line end: the row-by-row parse says it is stale
+                yield _parsed(data, offset, side, stale, final=True)[0]
+            return
+        cut = data.rfind(b"\n") + 1
+        data, carry = data[:cut], data[cut:]
+        piece = _plain(data, offset, side, stale) if data and b'"' not in data else None
+        if piece is None and data:
+            piece, rest = _parsed(data, offset, side, stale, final=False)
+            data, carry = data[:len(data) - len(rest)], rest + carry
+        if piece is not None:
+            yield piece
+        offset += len(data)
+
+
+def _records(side, rows: int, stale: _Stale) -> np.ndarray:
+    data = side.read(rows * 16)
+    if len(data) != rows * 16:
+        raise stale
+    return np.frombuffer(data, dtype=_RECORD).reshape(-1, 2)
+
+
+def _plain(data: bytes, offset: int, side, stale: _Stale) -> _Piece | None:
+    """Rows without a quote character, checked and split in C: every line ends with CRLF (no other CR or LF) and
+    holds exactly five commas. None when they do not pass (then they are parsed row by row)."""
+    rows = data.count(b"\n")
+    if not data.endswith(b"\r\n") or data.count(b"\r") != rows or data.count(b"\r\n") != rows:
+        return None
+    raw = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10) + 1
+    commas = np.flatnonzero(raw == 44)
+    if len(commas) != 5 * rows or not np.array_equal(np.searchsorted(commas, ends), np.arange(5, 5 * rows + 1, 5)):
+        return None
+    try:
+        lines = data.decode("utf-8").split("\r\n")
+    except UnicodeDecodeError:
+        return None
+    lines.pop()
+    paths = [line.partition(",")[0] for line in lines]
+    return _Piece(offset, ends + offset, paths, _records(side, rows, stale), data.count(_OK_END) == rows, data)
+
+
+def _parsed(data: bytes, offset: int, side, stale: _Stale, final: bool) -> tuple[_Piece | None, bytes]:
+    """Rows parsed one by one (quoted fields); unless `final`, a last row whose quote is still open is given back
+    (it goes on in the next piece). Returns the piece (None: no complete row) and the bytes given back."""
+    rows = list(_raw_rows(io.BytesIO(data)))
+    rest = b""
+    if not final and rows and rows[-1][0].count(b'"') % 2:
+        rest = rows.pop()[0]
+    if not rows:
+        return None, rest
+    paths, labels = [], []
+    for row, _ in rows:
+        try:
+            fields = _fields(row)
+        except UnicodeDecodeError:
+            raise stale from None
+        if len(fields) != 6:
+            raise stale
+        paths.append(fields[0])
+        labels.append(fields[1] if fields[4] == "ok" else None)
+    ends = np.array([start + len(row) for row, start in rows], dtype=np.int64) + offset
+    piece = _Piece(offset, ends, paths, _records(side, len(rows), stale), None not in labels, labels=labels)
+    return piece, rest
 
 
 # --- the plan: what to keep, label and drop ------------------------------------------------------------------------
@@ -260,63 +351,167 @@ def plan_update(out: Path, key: dict, listing: Listing, overwrite: bool) -> Plan
 def _join(out: Path, header: dict, listing: Listing, sha: str) -> Plan:
     """The streaming merge-join of the old CSV (with its sidecar) and the new listing, both sorted by path text."""
     assert listing.sizes is not None and listing.stamps is not None
-    paths, sizes, stamps = listing.paths, listing.sizes, listing.stamps
-    to_label: list[str] = []
-    steps: list[Step] = []
-    run: list[str] = []
-    segment: list = []  # the kept rows being gathered: [start, end, rows, neither, first, last]
-    kept = dropped = 0
-
-    def close_segment() -> None:
-        if segment:
-            steps.append(Kept(*segment))
-            segment.clear()
-
-    def label(rel: str) -> None:
-        close_segment()
-        to_label.append(rel)
-        run.append(rel)
-
-    def keep(rel: str, neither: bool, start: int, end: int) -> None:
-        nonlocal run
-        if run:
-            steps.append(run)
-            run = []
-        if segment and (segment[1] != start or segment[2] >= KEPT_BATCH):
-            close_segment()
-        if segment:
-            segment[1], segment[2], segment[3], segment[5] = end, segment[2] + 1, segment[3] + neither, rel
-        else:
-            segment.extend([start, end, 1, int(neither), rel, rel])
-
-    old = _old_rows(out, header["rows"])
-    current = next(old, None)
-    for i, rel in enumerate(paths):
-        while current is not None and current[0] < rel:
-            dropped += 1
-            current = next(old, None)
-        if current is not None and current[0] == rel:
-            _, ok_label, size, stamp, start, end = current
-            if ok_label is not None and size == sizes[i] and stamp == stamps[i] and size >= 0 and stamp != -1:
-                kept += 1
-                if segment and not run and segment[1] == start and segment[2] < KEPT_BATCH:  # the common case, inline
-                    segment[1], segment[2], segment[5] = end, segment[2] + 1, rel
-                    segment[3] += ok_label == NEITHER
-                else:
-                    keep(rel, ok_label == NEITHER, start, end)
-            else:
-                label(rel)
-            current = next(old, None)
-        else:
-            label(rel)
-    while current is not None:
-        dropped += 1
-        current = next(old, None)
-    close_segment()
-    if run:
-        steps.append(run)
+    merge = _Merge(listing)
+    stale = _Stale(f"{out} does not match {files_path(out).name}")
+    with open(out, "rb") as fh, open(files_path(out), "rb") as side:
+        side.readline(1 << 20)
+        if fh.readline() != HEADER:
+            raise _Stale(f"{out} has other columns than {','.join(COLUMNS)} (written by another catdog version)")
+        for piece in _pieces(fh, side, stale):
+            merge.piece(piece, stale)
+        if merge.seen != header["rows"] or side.read(1):
+            raise stale
+    merge.finish()
     decision = header.get("decision") if isinstance(header.get("decision"), dict) else None
-    return Plan(listing.only(to_label), steps, kept, dropped, out if kept else None, sha, decision, None)
+    return Plan(listing.only(merge.to_label), merge.steps, merge.kept, merge.dropped, out if merge.kept else None, sha,
+                decision, None)
+
+
+_FIRST_WINDOW = 8  # a run of kept rows is looked for in windows of this many rows, doubling
+
+
+def _common_prefix(a: list[str], ja: int, b: list[str], jb: int, count: int) -> int:
+    """How many of the `count` items from a[ja] and b[jb] on are equal, counted from the first (compared in C)."""
+    if a[ja:ja + count] == b[jb:jb + count]:
+        return count
+    done, end = 0, count  # the first difference is in done..end-1: halve to it
+    while end - done > 1:
+        middle = (done + end) // 2
+        if a[ja + done:ja + middle] == b[jb + done:jb + middle]:
+            done = middle
+        else:
+            end = middle
+    return done
+
+
+class _Merge:
+    """The join's state: where it is in the listing, and the plan's steps so far."""
+
+    def __init__(self, listing: Listing):
+        self.paths = listing.paths
+        self.sizes, self.stamps = listing.sizes, listing.stamps
+        self.size_array = np.frombuffer(listing.sizes, dtype=np.int64)
+        self.stamp_array = np.frombuffer(listing.stamps, dtype=np.int64)
+        self.i = 0  # the next listed path
+        self.seen = 0  # old rows so far
+        self.previous = ""  # the last old row's path
+        self.to_label: list[str] = []
+        self.steps: list[Step] = []
+        self.run: list[str] = []  # the run of labeled paths being gathered
+        self.segment: list = []  # the kept rows being gathered: [start, end, rows, neither, first, last]
+        self.kept = self.dropped = 0
+
+    def piece(self, piece: _Piece, stale: _Stale) -> None:
+        """Join the old rows of `piece`: a run of rows that are the next listed files, ok and unchanged (nearly
+        every row when a folder changed little) is kept as a whole, checked in C; any other row goes through the
+        row-by-row merge."""
+        rows = len(piece.paths)
+        if self.seen and piece.paths[0] <= self.previous:
+            raise stale
+        j = 0
+        while j < rows:
+            good = self._run(piece, j)
+            if good:
+                self._keep(piece, j, j + good)
+                self.i += good
+                j += good
+            else:
+                self._row(piece, j, stale)
+                j += 1
+        self.seen += rows
+        self.previous = piece.paths[-1]
+
+    def _run(self, piece: _Piece, j: int) -> int:
+        """How many old rows from row j on are the next listed files, ok and unchanged: row j checked alone (a
+        changed file costs no array work), then windows that double in size until one holds a row that is not."""
+        i = self.i
+        if i >= len(self.paths) or piece.paths[j] != self.paths[i] or not self._unchanged_row(piece, j, i):
+            return 0
+        done, step, limit = 1, _FIRST_WINDOW, min(len(piece.paths) - j, len(self.paths) - i)
+        while done < limit:
+            end = min(done + step, limit)
+            same = _common_prefix(piece.paths, j + done, self.paths, i + done, end - done)
+            good = self._unchanged(piece, j + done, i + done, same) if same else 0
+            done += good
+            if done < end:
+                break
+            step *= 2
+        return done
+
+    def _unchanged_row(self, piece: _Piece, j: int, i: int) -> bool:
+        size, stamp = piece.records[j].tolist()
+        ok = piece.all_ok or piece.ok_labels()[j] is not None
+        return ok and size == self.sizes[i] and stamp == self.stamps[i] and size >= 0 and stamp != -1
+
+    def _unchanged(self, piece: _Piece, j: int, i: int, rows: int) -> int:
+        """How many of the `rows` old rows from row j on, the listed files from i on, are ok rows whose files have
+        the same size and stamp, counted from row j up to the first that is not."""
+        records = piece.records[j:j + rows]
+        good = (records[:, 0] == self.size_array[i:i + rows]) & (records[:, 1] == self.stamp_array[i:i + rows])
+        good &= (records[:, 0] >= 0) & (records[:, 1] != -1)
+        if not piece.all_ok:
+            good &= piece.ok_mask()[j:j + rows]
+        bad = np.flatnonzero(~good)
+        return int(bad[0]) if len(bad) else rows
+
+    def _row(self, piece: _Piece, j: int, stale: _Stale) -> None:
+        """Old row j through the merge: the listed files before it are labeled; it is kept, labeled again (error
+        row, changed file) or dropped (its file is gone)."""
+        rel, paths, n = piece.paths[j], self.paths, len(self.paths)
+        if (j or self.seen) and rel <= (piece.paths[j - 1] if j else self.previous):
+            raise stale
+        while self.i < n and paths[self.i] < rel:
+            self._label(paths[self.i])
+            self.i += 1
+        if self.i < n and paths[self.i] == rel:
+            if self._unchanged_row(piece, j, self.i):
+                self._keep(piece, j, j + 1)
+            else:
+                self._label(rel)
+            self.i += 1
+        else:
+            self.dropped += 1
+
+    def _label(self, rel: str) -> None:
+        self._close_segment()
+        self.to_label.append(rel)
+        self.run.append(rel)
+
+    def _keep(self, piece: _Piece, j0: int, j1: int) -> None:
+        """Keep the old rows j0..j1-1 of `piece` (all ok, unchanged), in segments of at most KEPT_BATCH rows."""
+        if self.run:
+            self.steps.append(self.run)
+            self.run = []
+        segment, j = self.segment, j0
+        if segment and (segment[1] != piece.row_start(j) or segment[2] >= KEPT_BATCH):
+            self._close_segment()
+        while j < j1:
+            if not segment:
+                segment.extend([piece.row_start(j), piece.row_start(j), 0, 0, piece.paths[j], None])
+            take = min(KEPT_BATCH - segment[2], j1 - j)
+            segment[1], segment[2], segment[5] = int(piece.ends[j + take - 1]), segment[2] + take, piece.paths[j + take - 1]
+            segment[3] += piece.neither(j, j + take)
+            self.kept += take
+            j += take
+            if j < j1:
+                self._close_segment()
+
+    def _close_segment(self) -> None:
+        if self.segment:
+            self.steps.append(Kept(*self.segment))
+            self.segment.clear()
+
+    def finish(self) -> None:
+        """Label the listed files after the last old row."""
+        if self.i < len(self.paths):
+            self._close_segment()
+            self.to_label.extend(self.paths[self.i:])
+            self.run.extend(self.paths[self.i:])
+            self.i = len(self.paths)
+        self._close_segment()
+        if self.run:
+            self.steps.append(self.run)
+            self.run = []
 
 
 def after(plan: Plan, last: str) -> list[Step]:
