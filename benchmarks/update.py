@@ -11,6 +11,8 @@ Runs are in-process `predict()` calls, model loading included.
 Part 2, 1,000,000 generated empty files (no decode): in fresh subprocesses, seconds and peak traced memory of
   listing   the listing a full run makes (LocalSource.list);
   identity  that listing plus each file's size and mtime (one stat a file), what every run now does;
+  join      the join alone (`plan_update` on a listing with identities made beforehand): the old CSV's sha256
+            checked and the CSV and its sidecar merge-joined with the listing; its peak is the join's own memory
   update    a whole no-change `predict(update=True)`: listing, identities, the join against a CSV of 1,000,000 ok
             rows and its sidecar (its sha256 checked), writing the new CSV and sidecar; nothing decoded.
 
@@ -169,15 +171,22 @@ def measure(what: str, folder: Path, model: Path, out: Path) -> dict:
     """One measurement, run in this (fresh) process: seconds untraced, then peak traced memory in a second pass."""
     from catdog.labeling.labels import own_files
     from catdog.labeling.sources import LocalSource
-    from catdog.labeling.update import identified
+    from catdog.labeling.update import files_path, identified, plan_update
 
     source = LocalSource(str(folder))
+    if what == "join":  # the listing with identities made first, not measured
+        listing = identified(source, source.list(skip=own_files(out)))
+        key = json.loads(files_path(out).read_bytes().split(b"\n", 1)[0])["key"]
 
     def once():
         if what == "listing":
             return source.list(skip=own_files(out))
         if what == "identity":
             return identified(source, source.list(skip=own_files(out)))
+        if what == "join":
+            plan = plan_update(out, key, listing, overwrite=False)
+            assert plan.kept == len(listing) and not plan.to_label.paths, plan.note
+            return plan
         return run(folder, model, out, update=True)
 
     started = time.perf_counter()
@@ -208,7 +217,7 @@ def million_part(args, work: Path, model: Path) -> dict:
     make_files(folder, args.files)
     subprocess.run([sys.executable, __file__, "--old-csv", str(folder), "--model", str(model), "--work", str(out)], check=True)
     results = {}
-    for what in ("listing", "identity", "update"):
+    for what in ("listing", "identity", "join", "update"):
         log(f"measuring {what} on {args.files:,} files ...")
         done = subprocess.run([sys.executable, __file__, "--measure", what, str(folder), "--model", str(model), "--work", str(out)],
                               check=True, capture_output=True, text=True)
@@ -248,6 +257,7 @@ def main() -> None:
     base = million["listing"]
     print(f"\n{args.files:,} empty files, nothing decoded {'':<14} {'seconds':>8} {'x listing':>9} {'peak MiB':>9} {'x listing':>9}")
     for what, label in (("listing", "listing alone (a full run's)"), ("identity", "listing + size and mtime (stat)"),
+                        ("join", "join alone (old CSV + sidecar, sha256 checked)"),
                         ("update", "no-change update: listing + join + write")):
         m = million[what]
         print(f"{label:<49} {m['seconds']:>8.2f} {m['seconds'] / base['seconds']:>9.2f} {m['peak'] / 2**20:>9.1f} {m['peak'] / base['peak']:>9.2f}")

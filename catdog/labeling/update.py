@@ -7,11 +7,13 @@ of the ETag for S3) as little-endian int64, -1 where unknown. Ten million files 
 600 MB; paths are not repeated, the CSV's own rows give them.
 
 An update lists the source with each file's identity, then walks the old CSV (with its sidecar) and the new listing
-side by side, both sorted by path text: a streaming merge-join, no dict of every file. An ok row whose file has the
-same size and stamp is kept, its label recomputed from its printed scores under this run's thresholds (exactly what
-a fresh run prints, see `catdog.labeling.labels.Decision`); error rows and new or changed files are labeled again;
-rows of removed files are dropped. The rows go through the same writer as a fresh run's, so the CSV is byte for byte
-the one a fresh run would write, and an interrupted update leaves the old CSV untouched.
+side by side, both sorted by path text: a streaming merge-join, no dict of every file. The old CSV is read a piece
+(`_JOIN_BYTES`) at a time, and a run of rows that are exactly the next listed files, ok and unchanged (nearly all of
+them when little changed) is kept with a few C-level compares, without Python work per row. An ok row whose file has
+the same size and stamp is kept, its label recomputed from its printed scores under this run's thresholds (exactly
+what a fresh run prints, see `catdog.labeling.labels.Decision`); error rows and new or changed files are labeled
+again; rows of removed files are dropped. The rows go through the same writer as a fresh run's, so the CSV is byte
+for byte the one a fresh run would write, and an interrupted update leaves the old CSV untouched.
 """
 
 from __future__ import annotations
