@@ -583,10 +583,23 @@ def test_report_ignores_a_job_record_it_cannot_use(record, small_run, tmp_path):
     assert "0.5000 <span class=\"note\">(the default" in (tmp_path / "r.html").read_text()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_device_given_as_the_csv_is_refused_at_once_not_waited_on(tmp_path, kind):
+    """A FIFO would block the reader until something writes to it; /dev/zero never ends: one line each."""
+    from catdog import read_labels
+
+    path = tmp_path / "labels.csv" if kind == "fifo" else Path("/dev/zero")
+    if kind == "fifo":
+        os.mkfifo(path)
+    what = "a FIFO" if kind == "fifo" else "a device or socket"
+    result = catdog("report", path, "--images", tmp_path, "--out", tmp_path / "r.html", check=False, timeout=60)
+    assert result.returncode == 1 and result.stderr == f"error: {path} is {what}, not a labels CSV\n", result.stderr
+    with pytest.raises(CatdogError, match=f"is {what}, not a labels CSV"):
+        read_labels(path)
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_report_of_a_csv_without_line_breaks_is_refused_in_bounded_memory(tmp_path):
-    result = catdog("report", "/dev/zero", "--images", tmp_path, "--out", tmp_path / "r.html", check=False, timeout=60)
-    assert result.returncode == 1 and result.stderr.startswith("error: /dev/zero: line 1: "), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
     script = (
         "import re, sys; from pathlib import Path; from catdog.errors import CatdogError; "
         "from catdog.labeling.report import Selection, summarize_labels\n"
@@ -646,14 +659,17 @@ def test_report_reads_the_csv_once_when_its_job_record_describes_it(small_run, t
         csv_sha256=file_sha256(labels), listing="0" * 32,
     ))
     opened = []
-    real_open = builtins.open
 
-    def counting_open(file, *args, **kwargs):
-        if isinstance(file, (str, Path)) and Path(file) == labels:
-            opened.append(file)
-        return real_open(file, *args, **kwargs)
+    def counting(real_open):
+        def counting_open(file, *args, **kwargs):
+            if isinstance(file, (str, Path)) and Path(file) == labels:
+                opened.append(file)
+            return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", counting_open)
+        return counting_open
+
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    monkeypatch.setattr(os, "open", counting(os.open))
     write_report(labels, str(photos), tmp_path / "r.html", ReportOptions())
     assert len(opened) == 1
     assert "0.3000 <span class=\"note\">(the one the labeling run used" in (tmp_path / "r.html").read_text()

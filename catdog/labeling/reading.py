@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,13 +83,21 @@ class LabelsReader:
     def __init__(self, path: Path, what: str = "labels CSV"):
         self.path, self.what = Path(path), what
         try:
-            raw = open(self.path, "rb")
+            # O_NONBLOCK: a FIFO in the CSV's place must be refused, not wait for a writer for ever.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise CatdogError(f"{what} not found: {self.path}") from None
         except IsADirectoryError:
             raise CatdogError(f"{self.path} is a folder, not a {what}") from None
         except OSError as exc:
             raise CatdogError(f"cannot read {what} {self.path}: {exc.strerror or exc}") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise CatdogError(f"{self.path} is {kind}, not a {what}")
+        os.set_blocking(fd, True)
+        raw = os.fdopen(fd, "rb")
         self._hashing = HashingReader(raw)
         self._raw = raw
         self._text = io.TextIOWrapper(io.BufferedReader(self._hashing, 1 << 20), encoding="utf-8-sig", newline="")
