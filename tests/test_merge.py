@@ -98,6 +98,21 @@ def assert_refused(result, *needles: str) -> str:
     return lines[0]
 
 
+def test_shards_gathered_as_symlinks_merge_with_the_records_beside_their_targets(job, tmp_path):
+    """Shard CSVs linked into one folder (each record stays beside its CSV): the links' targets' records are
+    read, and the merge equals the unsharded CSV."""
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    links = []
+    for k, path in enumerate(job["shards"]):
+        link = gathered / f"part-{k}.csv"
+        link.symlink_to(path)
+        links.append(link)
+    out = tmp_path / "merged.csv"
+    merge(out, *links, check=True)
+    assert out.read_bytes() == job["single"].read_bytes()
+
+
 def test_merged_shards_equal_the_unsharded_csv_byte_for_byte(job, photos, tmp_path):
     shards = job["shards"]
     for k, path in enumerate(shards):

@@ -135,9 +135,14 @@ def _read_bounded(path: Path) -> bytes:
 
 
 def read_job_record(out: Path) -> JobRecord:
-    """The record beside the CSV `out`; CatdogError naming the file when it is missing, invalid, or from an
-    older catdog (version 1: relabel)."""
+    """The record beside the CSV `out` (or, for a symlink to a CSV, beside the CSV it points to when the link has
+    none of its own); CatdogError naming the file when it is missing, invalid, or from an older catdog (version
+    1: relabel)."""
     path = job_record_path(out)
+    if not os.path.lexists(path) and os.path.islink(out):
+        beside_target = job_record_path(Path(os.path.realpath(out)))
+        if os.path.lexists(beside_target):
+            path = beside_target
     try:
         raw = json.loads(_read_bounded(path).decode("utf-8"))
     except FileNotFoundError:
