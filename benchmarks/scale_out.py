@@ -14,7 +14,8 @@ One run, every figure from it, ratios against a baseline measured in the same ru
   writer    the CSV writer: benchmarks/writer.py's before/after (format + write per 64-row batch), and
             `LabelsCSV.write_block` appending blocks already formatted (the Ray driver's share);
   broken    folders of broken files (a JPEG header and junk: each is read, fails to decode and is an error
-            row, so no model time hides the rest) labelled by both engines, the CSVs compared;
+            row, so no model time hides the rest) labelled by both engines, the CSVs compared; and by the local
+            engine of each `--baseline` git revision (unpacked from this repository), for before/after;
   listing   an S3 prefix of --list-keys keys under many sub-prefixes on a moto server on 127.0.0.1, listed
             one page at a time (LIST_CONCURRENCY=1, as before) and by sub-prefixes concurrently; again with
             --list-latency-ms added to every list request (moto answers from this machine's CPUs; S3 from afar);
@@ -25,17 +26,20 @@ One run, every figure from it, ratios against a baseline measured in the same ru
     python benchmarks/scale_out.py --model models
     python benchmarks/scale_out.py --model models --copies 10 --broken 50000,250000 --list-keys 100000
     python benchmarks/scale_out.py --model models --only handback,writer
+    python benchmarks/scale_out.py --model models --only broken --broken 50000,250000 --baseline c6b05fb
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -48,6 +52,8 @@ DEFAULT_ZIP = REPO.parent / "shared" / "datasets" / "cats_and_dogs_3k.zip"
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 TARGET = 10_000_000
 NODE_CORES = 8
+# The local engine before issue 22 (writer: fsync + progress JSON per batch), and before decoding processes.
+BASELINES = "a2d4c06^,c6b05fb"
 
 
 def log(message: str) -> None:
@@ -83,9 +89,18 @@ def broken_folder(dest: Path, files: int) -> Path:
     return dest
 
 
-def label(folder: Path, model: Path, out: Path, *extra: str) -> tuple[float, int, str]:
-    """Wall seconds, rows and the summary line of one predict-folder subprocess."""
-    env = {**os.environ, **RAY_ENV}
+def checkout(rev: str, dest: Path) -> Path:
+    """The catdog package as it was at git revision `rev` of this repository, unpacked under `dest` (a PYTHONPATH)."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "catdog"], capture_output=True, check=True).stdout
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def label(folder: Path, model: Path, out: Path, *extra: str, code: Path | None = None) -> tuple[float, int, str]:
+    """Wall seconds, rows and the summary line of one predict-folder subprocess (with catdog from `code` if given)."""
+    env = {**os.environ, **RAY_ENV, **({"PYTHONPATH": str(code)} if code else {})}
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "catdog", "predict-folder", str(folder), "--model", str(model), "--out", str(out), "--overwrite", *extra],
@@ -433,6 +448,7 @@ def main() -> None:
     ap.add_argument("--old-handback-rows", type=int, default=100_000, help="rows for the old hand-back (default 100,000)")
     ap.add_argument("--writer-rows", type=int, default=1_000_000, help="rows for the writer (default 1,000,000)")
     ap.add_argument("--broken", default="50000", help="sizes of the broken-file folders, comma-separated (default 50000)")
+    ap.add_argument("--baseline", default=BASELINES, help=f"git revisions whose local engine also labels the broken files (default {BASELINES}; '' for none)")
     ap.add_argument("--scratch", type=Path, default=None, help="where the broken-file folders are kept between runs (default: a temp dir)")
     ap.add_argument("--list-keys", type=int, default=100_000, help="S3 keys to list (default 100,000; 0: skip)")
     ap.add_argument("--list-latency-ms", type=float, default=50.0, help="latency added to each list request in the second pass")
@@ -487,6 +503,7 @@ def main() -> None:
             log(f"writer, {args.writer_rows:,} rows ...")
             figures["writer"] = writer_rates(args.writer_rows, folder=tmp)
             figures["append"] = append_rate(args.writer_rows, tmp)
+        baselines = {rev: checkout(rev, tmp / f"baseline-{i}") for i, rev in enumerate(x for x in args.baseline.split(",") if x)} if "broken" in only else {}
         for size in [int(x) for x in args.broken.split(",") if x] if "broken" in only else []:
             folder = broken_folder(scratch / f"broken-{size}", size)
             cluster = RayCluster(2, cpus)
@@ -496,8 +513,16 @@ def main() -> None:
             finally:
                 cluster.close()
             assert rows == ray_rows == size, (rows, ray_rows, size)
+            before = {}  # after the current engine, so the page cache favours the baselines, not the other way round
+            for rev, code in baselines.items():
+                wall, rows, _ = label(folder, model, tmp / "broken-before.csv", code=code)
+                assert rows == size, (rev, rows, size)
+                before[rev] = {"rate": size / wall, "wall": wall, "csv": (tmp / "broken-before.csv").read_bytes()}
+                log(f"broken {size:,}: local engine at {rev}: {size / wall:,.0f} rows/s")
             same = (tmp / "broken-local.csv").read_bytes() == (tmp / "broken-ray.csv").read_bytes()
-            broken[size] = {"local": size / local_wall, "ray": size / ray_wall, "same": same, "walls": (local_wall, ray_wall)}
+            local_csv = (tmp / "broken-local.csv").read_bytes()
+            broken[size] = {"local": size / local_wall, "ray": size / ray_wall, "same": same, "walls": (local_wall, ray_wall),
+                            "before": {rev: {"rate": b["rate"], "wall": b["wall"], "same": b["csv"] == local_csv} for rev, b in before.items()}}
             figures["folder"] = local_list_rate(folder)
             log(f"broken {size:,}: local {size / local_wall:,.0f} rows/s, ray {size / ray_wall:,.0f} rows/s, CSVs equal: {same}")
         if "listing" in only and args.list_keys:
@@ -532,11 +557,17 @@ def main() -> None:
     for size, r in broken.items():
         print(f"broken files, {size:,}: local {r['local']:,.0f} rows/s, ray (2 nodes) {r['ray']:,.0f} rows/s, "
               f"ray/local {r['ray'] / r['local']:.2f}, CSVs equal: {'yes' if r['same'] else 'NO'}")
+        for rev, b in r["before"].items():
+            print(f"  local engine at {rev}: {b['rate']:,.0f} rows/s; now x{r['local'] / b['rate']:.1f}, "
+                  f"CSV equal: {'yes' if b['same'] else 'NO'}")
     if len(broken) > 1:  # between the smallest and the largest folder the fixed seconds cancel
         (small, a), (large, b) = min(broken.items()), max(broken.items())
         local_rate, ray_rate = (large - small) / (b["walls"][0] - a["walls"][0]), (large - small) / (b["walls"][1] - a["walls"][1])
         print(f"broken files, {small:,} -> {large:,} (start-up cancels): local {local_rate:,.0f} rows/s, ray {ray_rate:,.0f} rows/s, "
               f"ray/local {ray_rate / local_rate:.2f}")
+        for rev in a["before"]:
+            rate = (large - small) / (b["before"][rev]["wall"] - a["before"][rev]["wall"])
+            print(f"  local engine at {rev}: {rate:,.0f} rows/s; now x{local_rate / rate:.1f}")
     if "listing" in figures:
         lr = figures["listing"]
         print(f"S3 listing, {args.list_keys:,} keys on moto: serial {lr['serial']:,.0f} keys/s, concurrent {lr['concurrent']:,.0f} "

@@ -161,6 +161,14 @@ def load_image(
             return fit_image(im, size)
 
 
+def check_header(source: Path | str | bytes | BinaryIO, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise the `ImageError` that `load_image(source, size, max_pixels)` raises before it decodes a pixel (not an
+    image, a refused format, too large, a broken header: the same steps, the same reason); return None where it
+    would go on to decode. Cheap, so it can run ahead of the decoding on other cores."""
+    with _decoding(source, max_pixels, size):
+        pass
+
+
 def fit_image(im: Image.Image, size: int) -> np.ndarray:
     """A decoded image as the model takes it: EXIF orientation applied, converted to RGB (alpha over white,
     16-bit to 8-bit) and squashed to `size` x `size` with bilinear resampling; `size` x `size` x 3 uint8.
