@@ -506,19 +506,24 @@ def main() -> None:
         baselines = {rev: checkout(rev, tmp / f"baseline-{i}") for i, rev in enumerate(x for x in args.baseline.split(",") if x)} if "broken" in only else {}
         for size in [int(x) for x in args.broken.split(",") if x] if "broken" in only else []:
             folder = broken_folder(scratch / f"broken-{size}", size)
+            label(folder, model, tmp / "broken-local.csv")  # warm the page cache: every engine then reads the same way
+            # The local engines by turns, twice, with no Ray cluster running beside them; each keeps its faster run.
+            walls: dict[str | None, float] = {}
+            for _ in range(2):
+                for rev, code in [(None, None), *baselines.items()]:
+                    wall, rows, _ = label(folder, model, tmp / ("broken-local.csv" if rev is None else f"broken-{rev}.csv"), code=code)
+                    assert rows == size, (rev, rows, size)
+                    walls[rev] = min(wall, walls.get(rev, wall))
+            local_wall = walls.pop(None)
+            before = {rev: {"rate": size / wall, "wall": wall, "csv": (tmp / f"broken-{rev}.csv").read_bytes()} for rev, wall in walls.items()}
+            for rev, b in before.items():
+                log(f"broken {size:,}: local engine at {rev}: {b['rate']:,.0f} rows/s")
             cluster = RayCluster(2, cpus)
             try:
-                local_wall, rows, _ = label(folder, model, tmp / "broken-local.csv")
                 ray_wall, ray_rows, _ = label(folder, model, tmp / "broken-ray.csv", "--engine", "ray", "--ray-address", cluster.address)
             finally:
                 cluster.close()
-            assert rows == ray_rows == size, (rows, ray_rows, size)
-            before = {}  # after the current engine, so the page cache favours the baselines, not the other way round
-            for rev, code in baselines.items():
-                wall, rows, _ = label(folder, model, tmp / "broken-before.csv", code=code)
-                assert rows == size, (rev, rows, size)
-                before[rev] = {"rate": size / wall, "wall": wall, "csv": (tmp / "broken-before.csv").read_bytes()}
-                log(f"broken {size:,}: local engine at {rev}: {size / wall:,.0f} rows/s")
+            assert ray_rows == size, (ray_rows, size)
             same = (tmp / "broken-local.csv").read_bytes() == (tmp / "broken-ray.csv").read_bytes()
             local_csv = (tmp / "broken-local.csv").read_bytes()
             broken[size] = {"local": size / local_wall, "ray": size / ray_wall, "same": same, "walls": (local_wall, ray_wall),
