@@ -104,7 +104,7 @@ def label(folder: Path, model: Path, out: Path, *extra: str, code: Path | None =
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "catdog", "predict-folder", str(folder), "--model", str(model), "--out", str(out), "--overwrite", *extra],
-        capture_output=True, text=True, env=env,
+        capture_output=True, text=True, env=env, cwd=code,  # `-m` puts the working folder first on sys.path
     )
     wall = time.perf_counter() - started
     if result.returncode != 0:
