@@ -44,6 +44,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -256,25 +257,20 @@ def moto_bucket(keys: int):
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        backend = get_backend("s3")["123456789012"]["global"]
-        if "bench" not in backend.buckets:
-            backend.create_bucket("bench", "us-east-1")
-            for i in range(keys):  # into the in-process server's store directly: seconds, not minutes
-                backend.put_object("bench", f"photos/{i % 200:03d}/{i // 200 % 10}/img_{i:08d}.jpg", b"\xff\xd8\xff\xe0junk")
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with mock.patch.dict(os.environ, aws):  # the environment as it was afterwards
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            backend = get_backend("s3")["123456789012"]["global"]
+            if "bench" not in backend.buckets:
+                backend.create_bucket("bench", "us-east-1")
+                for i in range(keys):  # into the in-process server's store directly: seconds, not minutes
+                    backend.put_object("bench", f"photos/{i % 200:03d}/{i // 200 % 10}/img_{i:08d}.jpg", b"\xff\xd8\xff\xe0junk")
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
 
 
 def listing_rates(keys: int, latency_ms: float) -> dict[str, float]:
@@ -386,8 +382,6 @@ def spread_listing_rate(address: str, keys: int) -> dict[str, float]:
 def local_list_rate(folder: Path) -> float:
     """Files/s `LocalSource.list` walks `folder` at (page cache warm), and the driver's other per-file work
     before the first block (files digest, Arrow blocks) added in."""
-    from unittest import mock
-
     import pyarrow  # noqa: F401 - imported by the driver long before (a second of import is not listing)
 
     from catdog.labeling.ray_engine import _dataset

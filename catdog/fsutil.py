@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: a reader never sees a half-written output."""
+"""Atomic file and directory writes (a reader never sees a half-written output), and opening a file to read
+without ever waiting on a FIFO put in its place."""
 
 from __future__ import annotations
 
@@ -65,6 +66,30 @@ def check_replaceable(dest: Path) -> None:
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
         kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         raise CatdogError(f"{dest} is {kind}, not a file: give the path of a file to write")
+
+
+class NotRegularFile(Exception):
+    """What `open_regular` found instead of a regular file: `mode` is its st_mode."""
+
+    def __init__(self, mode: int):
+        super().__init__(mode)
+        self.mode = mode
+
+
+def open_regular(path: str | os.PathLike) -> tuple[int, os.stat_result]:
+    """A file descriptor to read the regular file at `path`, and its fstat. It is opened non-blocking (a FIFO
+    would otherwise block the open until a writer comes), checked, then made blocking; NotRegularFile (fd closed)
+    when a folder, FIFO, device or socket is there, the OSError of `os.open` when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(st.st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def write_text(dest: Path | str, text: str) -> None:

@@ -14,13 +14,12 @@ import hashlib
 import json
 import os
 import re
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from catdog.errors import CatdogError
-from catdog.fsutil import write_json
+from catdog.fsutil import NotRegularFile, open_regular, write_json
 
 JOB_RECORD_VERSION = 2
 MAX_RECORD_BYTES = 64 * 1024  # a record is well under 1 KiB; anything larger is not one
@@ -118,17 +117,12 @@ def _is_fraction(value: object) -> bool:
 def _read_bounded(path: Path) -> bytes:
     """The file's bytes, refusing what cannot be a record without blocking or filling memory: a FIFO or device
     (opened non-blocking and checked before any read), a folder, or more than MAX_RECORD_BYTES."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CatdogError(f"invalid job record {path}: not a regular file")
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as fh:
-            fd = -1
-            data = fh.read(MAX_RECORD_BYTES + 1)
-    finally:
-        if fd >= 0:
-            os.close(fd)
+        fd, _ = open_regular(path)
+    except NotRegularFile:
+        raise CatdogError(f"invalid job record {path}: not a regular file") from None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(MAX_RECORD_BYTES + 1)
     if len(data) > MAX_RECORD_BYTES:
         raise CatdogError(f"invalid job record {path}: larger than {MAX_RECORD_BYTES:,} bytes")
     return data

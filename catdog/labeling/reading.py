@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from catdog.errors import CatdogError
-from catdog.fsutil import HashingReader, check_replaceable
+from catdog.fsutil import HashingReader, NotRegularFile, check_replaceable, open_regular
 from catdog.labeling.labels import COLUMNS, NEITHER
 
 LEGACY_COLUMNS = ("path", "label", "p_dog", "status", "error")  # catdog before `neither`: no pet_score
@@ -83,20 +83,17 @@ class LabelsReader:
     def __init__(self, path: Path, what: str = "labels CSV"):
         self.path, self.what = Path(path), what
         try:
-            # O_NONBLOCK: a FIFO in the CSV's place must be refused, not wait for a writer for ever.
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            fd, _ = open_regular(self.path)  # a FIFO in the CSV's place is refused, not waited on for ever
         except FileNotFoundError:
             raise CatdogError(f"{what} not found: {self.path}") from None
         except IsADirectoryError:
             raise CatdogError(f"{self.path} is a folder, not a {what}") from None
         except OSError as exc:
             raise CatdogError(f"cannot read {what} {self.path}: {exc.strerror or exc}") from None
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            os.close(fd)
+        except NotRegularFile as exc:
+            mode = exc.mode
             kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-            raise CatdogError(f"{self.path} is {kind}, not a {what}")
-        os.set_blocking(fd, True)
+            raise CatdogError(f"{self.path} is {kind}, not a {what}") from None
         raw = os.fdopen(fd, "rb")
         self._hashing = HashingReader(raw)
         self._raw = raw

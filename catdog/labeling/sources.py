@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from catdog.errors import CatdogError, redact, redact_url
+from catdog.fsutil import NotRegularFile, open_regular
 
 
 _ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f])")
@@ -138,15 +139,13 @@ class LocalSource:
     def opened(self, rel: str) -> Iterator[BinaryIO | bytes]:
         """A file of up to READ_WHOLE_BYTES as its bytes (read in one system call: a photo's or a broken file's
         cost is then mostly the decoder's), a larger one as an open file the decoder reads as it goes."""
-        # O_NONBLOCK: a FIFO put in a file's place after listing must not block the reading thread for good.
-        fd = os.open(os.path.join(self.root, path_from_text(rel)), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                from catdog.images import ImageError
+        try:  # a FIFO put in a file's place after listing must not block the reading thread for good
+            fd, st = open_regular(os.path.join(self.root, path_from_text(rel)))
+        except NotRegularFile as exc:
+            from catdog.images import ImageError
 
-                raise ImageError(_special(st.st_mode) or "not a regular file")
-            os.set_blocking(fd, True)
+            raise ImageError(_special(exc.mode) or "not a regular file") from None
+        try:
             data = _read_whole(fd, st.st_size) if st.st_size <= READ_WHOLE_BYTES else None
         except BaseException:
             os.close(fd)
@@ -473,7 +472,6 @@ class S3Source:
         parsing ten million keys, the bound of one process, is spread over the cluster's CPUs. The listing is
         the same either way."""
         part = _Part(len(self.prefix))
-        leaves: list[str] = []
         width = max(1, min(SPREAD_PARTS, spread.width)) if spread is not None and recursive else 0
         leaves = self._walk(recursive, part.take, spread=width)
         if leaves:  # contiguous runs of sorted sub-prefixes, each part sorted where it was listed
