@@ -16,6 +16,10 @@ One run, every figure from it, ratios against a baseline measured in the same ru
   broken    folders of broken files (a JPEG header and junk: each is read, fails to decode and is an error
             row, so no model time hides the rest) labelled by both engines, the CSVs compared; and by the local
             engine of each `--baseline` git revision (unpacked from this repository), for before/after;
+  folder    the largest broken-file folder (250 subfolders of 1,000 files at 250,000) listed as `--engine ray`
+            lists it: by the driver alone, and spread over the two-node cluster (the same listing, checked); and
+            what bounds a folder of ten million: one part's walk on one core, the driver joining the parts, its
+            files digest and Arrow blocks;
   listing   an S3 prefix of --list-keys keys under many sub-prefixes on a moto server on 127.0.0.1, listed
             one page at a time (LIST_CONCURRENCY=1, as before) and by sub-prefixes concurrently; again with
             --list-latency-ms added to every list request (moto answers from this machine's CPUs; S3 from afar);
@@ -26,6 +30,7 @@ One run, every figure from it, ratios against a baseline measured in the same ru
     python benchmarks/scale_out.py --model models
     python benchmarks/scale_out.py --model models --copies 10 --broken 50000,250000 --list-keys 100000
     python benchmarks/scale_out.py --model models --only handback,writer
+    python benchmarks/scale_out.py --model models --only folder --broken 250000
     python benchmarks/scale_out.py --model models --only broken --broken 50000,250000 --baseline c6b05fb
 """
 
@@ -379,20 +384,78 @@ def spread_listing_rate(address: str, keys: int) -> dict[str, float]:
     return {"here": keys / here_s, "spread": keys / there_s, "parts": min(sources.SPREAD_PARTS, spread.width)}
 
 
-def local_list_rate(folder: Path) -> float:
-    """Files/s `LocalSource.list` walks `folder` at (page cache warm), and the driver's other per-file work
-    before the first block (files digest, Arrow blocks) added in."""
-    import pyarrow  # noqa: F401 - imported by the driver long before (a second of import is not listing)
+def _tail_rate(listing) -> float:
+    """Files/s of the driver's work between a listing and the first block: the files digest and the Arrow blocks."""
+    import ray.data  # noqa: F401 - imported by the driver long before (a second of import is not listing)
 
     from catdog.labeling.ray_engine import _dataset
-    from catdog.labeling.sources import LocalSource, files_digest
+    from catdog.labeling.sources import files_digest
 
     started = time.perf_counter()
-    listing = LocalSource(str(folder)).list()
     files_digest(listing.paths)
     with mock.patch("ray.data.from_blocks", lambda blocks: blocks):
         _dataset(listing, 4096)
     return len(listing) / (time.perf_counter() - started)
+
+
+class _Replayed:
+    """A `sources.Spread` that runs its parts here the first time (kept pickled, as Ray hands them over) and only
+    unpickles them the next: the driver's own share of a spread listing, timed alone."""
+
+    def __init__(self, width: int):
+        self.width, self.blobs = width, None
+
+    def __call__(self, fn, calls):
+        import pickle
+
+        if self.blobs is None:
+            self.blobs = [pickle.dumps(fn(*args)) for args in calls]
+        return [pickle.loads(blob) for blob in self.blobs]
+
+
+def folder_listing_rates(folder: Path, address: str) -> dict[str, float]:
+    """A folder of subfolders listed as `--engine ray` lists it, in files/s: by the driver alone (`serial`, then
+    with the digest and blocks: `folder`); a part's walk in one process (`part`); the driver's share of a listing
+    in SPREAD_PARTS parts (the top level, unpickling and joining the parts, sorting: `join`); the digest and the
+    blocks (`tail`); and the whole spread over the two-node cluster at `address` (`spread`), listings compared."""
+    from catdog.labeling import sources
+    from catdog.labeling.ray_engine import ClusterSpread, disconnect
+
+    source = sources.LocalSource(str(folder))
+    source.list()  # warm the page cache
+    started = time.perf_counter()
+    here = source.list()
+    serial_s = time.perf_counter() - started
+    tail = _tail_rate(here)
+    top = sorted((entry.path, entry.name + "/") for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False))
+    started = time.perf_counter()
+    sources.list_folders(source, top, True, None, {})
+    part_s = time.perf_counter() - started
+    replayed = _Replayed(sources.SPREAD_PARTS)
+    assert source.list(spread=replayed) == here, "listings differ"
+    started = time.perf_counter()
+    source.list(spread=replayed)
+    join_s = time.perf_counter() - started
+    spread = ClusterSpread(address)
+    try:
+        source.list(spread=spread)  # the cluster's worker processes started
+        started = time.perf_counter()
+        there = source.list(spread=spread)
+        spread_s = time.perf_counter() - started
+    finally:
+        disconnect()
+    assert there == here, "listings differ"
+    n = len(here)
+    return {"serial": n / serial_s, "folder": 1 / (serial_s / n + 1 / tail), "part": n / part_s, "join": n / join_s,
+            "tail": tail, "spread": n / spread_s, "parts": min(sources.SPREAD_PARTS, spread.width)}
+
+
+def folder_list_seconds(cores: int, rates: dict[str, float]) -> float:
+    """Seconds to list TARGET files of a folder of subfolders as `--engine ray` does on `cores` cores: up to
+    SPREAD_PARTS parts walked side by side, then the driver's join, files digest and blocks."""
+    from catdog.labeling.sources import SPREAD_PARTS
+
+    return TARGET / (rates["part"] * min(SPREAD_PARTS, cores)) + TARGET / rates["join"] + TARGET / rates["tail"]
 
 
 def s3_list_seconds(cores: int, core_rate: float, join: float, latency_s: float) -> float:
@@ -405,9 +468,9 @@ def s3_list_seconds(cores: int, core_rate: float, join: float, latency_s: float)
     return max(TARGET / (core_rate * parts), TARGET / 1000 * latency_s / (parts * LIST_CONCURRENCY)) + TARGET / join
 
 
-def paper_table(per_core: float, start_s: float, block_s: float, append: float, folder_rate: float, s3_seconds) -> list[str]:
-    """Hours for TARGET images on 1, 10, 100 and 1,000 nodes of NODE_CORES cores: the driver's listing (a shared
-    folder, or S3: `s3_seconds(cores)`), then start-up, then the slowest of the workers, Ray's hand-back to the
+def paper_table(per_core: float, start_s: float, block_s: float, append: float, folder_seconds, s3_seconds) -> list[str]:
+    """Hours for TARGET images on 1, 10, 100 and 1,000 nodes of NODE_CORES cores: the listing (a shared folder of
+    subfolders: `folder_seconds(cores)`, or S3: `s3_seconds(cores)`), then start-up, then the slowest of the workers, Ray's hand-back to the
     driver (`block_s` seconds per block, blocks as `block_rows` sizes them for that many actors) and the driver's
     CSV appends; speed-up per node against one node, and what bounds each row."""
     from catdog.labeling.ray_engine import block_rows
@@ -423,7 +486,7 @@ def paper_table(per_core: float, start_s: float, block_s: float, append: float, 
         bound = min(limits, key=limits.get)
         label_s = TARGET / limits[bound]
         cells, names = [], []
-        for source, list_s in (("folder", TARGET / folder_rate), ("S3", s3_seconds(actors))):
+        for source, list_s in (("folder", folder_seconds(actors)), ("S3", s3_seconds(actors))):
             seconds = list_s + start_s + label_s
             base.setdefault(source, seconds)
             cells.append((seconds / 3600, base[source] / seconds / nodes))
@@ -450,7 +513,7 @@ def main() -> None:
     ap.add_argument("--scratch", type=Path, default=None, help="where the broken-file folders are kept between runs (default: a temp dir)")
     ap.add_argument("--list-keys", type=int, default=100_000, help="S3 keys to list (default 100,000; 0: skip)")
     ap.add_argument("--list-latency-ms", type=float, default=50.0, help="latency added to each list request in the second pass")
-    ap.add_argument("--only", default="photos,handback,writer,broken,listing", help="sections to run (comma-separated)")
+    ap.add_argument("--only", default="photos,handback,writer,broken,folder,listing", help="sections to run (comma-separated)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     cpus = len(os.sched_getaffinity(0))
@@ -519,6 +582,7 @@ def main() -> None:
             cluster = RayCluster(2, cpus)
             try:
                 ray_wall, ray_rows, _ = label(folder, model, tmp / "broken-ray.csv", "--engine", "ray", "--ray-address", cluster.address)
+                figures["folder"] = folder_listing_rates(folder, cluster.address)
             finally:
                 cluster.close()
             assert ray_rows == size, (ray_rows, size)
@@ -526,8 +590,18 @@ def main() -> None:
             local_csv = (tmp / "broken-local.csv").read_bytes()
             broken[size] = {"local": size / local_wall, "ray": size / ray_wall, "same": same, "walls": (local_wall, ray_wall),
                             "before": {rev: {"rate": b["rate"], "wall": b["wall"], "same": b["csv"] == local_csv} for rev, b in before.items()}}
-            figures["folder"] = local_list_rate(folder)
             log(f"broken {size:,}: local {size / local_wall:,.0f} rows/s, ray {size / ray_wall:,.0f} rows/s, CSVs equal: {same}")
+        if "folder" in only and "folder" not in figures:  # the folder listing alone, on the largest broken folder
+            folder = broken_folder(scratch / f"broken-{max(int(x) for x in args.broken.split(','))}", max(int(x) for x in args.broken.split(',')))
+            cluster = RayCluster(2, cpus)
+            try:
+                figures["folder"] = folder_listing_rates(folder, cluster.address)
+            finally:
+                cluster.close()
+        if "folder" in figures:
+            fr = figures["folder"]
+            log(f"folder listing: driver alone {fr['serial']:,.0f} files/s, spread over 2 nodes {fr['spread']:,.0f}; part {fr['part']:,.0f}, "
+                f"join {fr['join']:,.0f}, digest + blocks {fr['tail']:,.0f}")
         if "listing" in only and args.list_keys:
             log(f"listing {args.list_keys:,} keys on moto ...")
             figures["listing"] = listing_rates(args.list_keys, args.list_latency_ms)
@@ -587,8 +661,13 @@ def main() -> None:
         ray2 = photos["ray, 2 nodes"]
         per_core = ray2["labeling_rate"] / cpus
         latency_s = args.list_latency_ms / 1000
-        print(f"driver before the first block: a folder listed (+ digest, blocks) at {figures['folder']:,.0f} files/s; "
-              f"S3 listed on the cluster: {TARGET:,} keys in {s3_list_seconds(NODE_CORES, figures['parse'], figures['join'], latency_s):.0f} s "
+        fr = figures["folder"]
+        print(f"a folder of subfolders: the driver alone lists {fr['serial']:,.0f} files/s ({fr['folder']:,.0f} with the digest and "
+              f"blocks, as before); spread over the 2-node cluster ({fr['parts']} parts) {fr['spread']:,.0f}, the same listing; one part "
+              f"walks {fr['part']:,.0f} files/s, the driver joins parts at {fr['join']:,.0f} and digests + blocks {fr['tail']:,.0f}: "
+              f"{TARGET:,} files in {TARGET / fr['folder']:.1f} s in the driver alone, {folder_list_seconds(NODE_CORES, fr):.1f} s "
+              f"spread over one node, {folder_list_seconds(100 * NODE_CORES, fr):.1f} s over 100")
+        print(f"S3 listed on the cluster: {TARGET:,} keys in {s3_list_seconds(NODE_CORES, figures['parse'], figures['join'], latency_s):.0f} s "
               f"on one node, {s3_list_seconds(100 * NODE_CORES, figures['parse'], figures['join'], latency_s):.0f} s on 100 "
               f"({args.list_latency_ms:g} ms a request); before, in the driver alone: {TARGET / figures['parse_before']:.0f} s")
         print()
@@ -599,7 +678,8 @@ def main() -> None:
               f"start-up {ray2['start']:.0f} s, the driver's CPU {block_s * 1000:.1f} ms per block (steady hand-back here "
               f"{figures['new'][1]:,.0f} rows/s, actors on the same cores), appends {figures['append']:,.0f} rows/s:")
         s3_seconds = lambda cores: s3_list_seconds(cores, figures["parse"], figures["join"], latency_s)  # noqa: E731
-        for line in paper_table(per_core, ray2["start"], block_s, figures["append"], figures["folder"], s3_seconds):
+        folder_seconds = lambda cores: folder_list_seconds(cores, figures["folder"])  # noqa: E731
+        for line in paper_table(per_core, ray2["start"], block_s, figures["append"], folder_seconds, s3_seconds):
             print(line)
 
 

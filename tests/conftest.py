@@ -352,3 +352,17 @@ def aws_free_env(tmp: Path, **credentials: str) -> dict[str, str]:
         NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **credentials,
     )
     return env
+
+
+class InProcessSpread:
+    """A `sources.Spread` in this process: each call's result goes through pickle, as from another process; the
+    calls are kept in `calls`."""
+
+    def __init__(self, width: int):
+        self.width, self.calls = width, []
+
+    def __call__(self, fn, calls):
+        import pickle
+
+        self.calls.append(calls)
+        return [pickle.loads(pickle.dumps(fn(*args))) for args in calls]

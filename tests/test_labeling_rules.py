@@ -164,6 +164,98 @@ def test_a_loop_of_links_between_folders_terminates_with_each_file_once(tmp_path
     assert listing.problems == {"a/to_b": "symlink to a folder already listed (b)", "b/to_a": "symlink to a folder already listed (a)"}
 
 
+@pytest.fixture
+def odd_tree(tmp_path) -> Path:
+    """A folder with what a listing must get right: files at every depth, folders whose names sort around "/",
+    many subfolders, an empty one, symlinked folders inside and outside the tree (sorting before and after the
+    real path, a link back to the root, a loop between two folders, one inside a deep folder), a broken link, a
+    FIFO, the run's own files, a backslash and an undecodable byte in names."""
+    root = tmp_path / "photos"
+    outside = tmp_path / "outside"
+    for rel in ["top.jpg", ".hidden.jpg", "a/1.jpg", "a/b/c/deep.jpg", "a-b/x.jpg", "a.b/y.jpg", "h\\x.jpg",
+                *(f"s{i:02d}/{k}.jpg" for i in range(12) for k in range(3)), "s03/t/u/v.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (outside / "sub").mkdir(parents=True)
+    (outside / "o.jpg").write_bytes(b"x")
+    (outside / "sub" / "p.jpg").write_bytes(b"x")
+    (outside / "back").symlink_to(root)
+    (root / "empty").mkdir()
+    (root / "0first").symlink_to(root / "s05")
+    (root / "zz_out").symlink_to(outside)
+    (root / "zz_out_again").symlink_to(outside / "sub")
+    (root / "loop").symlink_to(root)
+    (root / "s03" / "t" / "to_a").symlink_to(root / "a")
+    (root / "s07" / "to_s08").symlink_to(root / "s08")
+    (root / "s08" / "to_s07").symlink_to(root / "s07")
+    (root / "broken").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(root / "s01" / "fifo")
+    (root / os.fsdecode(b"caf\xe9.jpg")).write_bytes(b"x")
+    (root / "labels.csv").write_text("path\n")
+    (root / "labels.csv.partial").write_text("path\n")
+    return root
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 8, 100])
+def test_a_folder_listed_in_parts_elsewhere_gives_the_listing_of_one_process(odd_tree, width):
+    """The Ray engine lists a folder's subfolders on the cluster (ten million files are 11 s of one process): the
+    driver lists the top levels, `width` parts walk the real folders under them, the driver joins the parts and
+    enters the symlinked folders, and the listing (paths and problems, own files left out) is one process's."""
+    from catdog.labeling import sources
+    from catdog.labeling.labels import own_files
+    from conftest import InProcessSpread
+
+    skip = own_files(odd_tree / "labels.csv")
+    whole = LocalSource(str(odd_tree)).list(skip=skip)
+    assert "labels.csv" not in whole.paths and "s05/0.jpg" in whole.paths and "zz_out/sub/p.jpg" in whole.paths
+    assert whole.problems["0first"] == "symlink to a folder already listed (s05)"
+    spread = InProcessSpread(width)
+    listing = LocalSource(str(odd_tree)).list(skip=skip, spread=spread)
+    assert listing.paths == whole.paths
+    assert listing.problems == whole.problems
+    if width == 1:
+        assert spread.calls == []
+        return
+    (calls,) = spread.calls
+    folders = [prefix for _, part, *_ in calls for _, prefix in part]
+    assert len(calls) == min(width, sources.SPREAD_PARTS, len(folders)) and all(part for _, part, *_ in calls)
+    assert len(folders) == len(set(folders)) and not any(p.startswith(("0first", "loop", "zz")) for p in folders)
+    # Looked for down to where there are enough folders for the parts: 16 at the top, 2 one and two levels down.
+    assert len(folders) == {2: 16, 3: 16, 8: 16, 100: 2}[width]
+    assert LocalSource(str(odd_tree)).list(recursive=False, skip=skip, spread=spread) == LocalSource(str(odd_tree)).list(recursive=False, skip=skip)
+
+
+def test_a_folder_met_twice_by_parts_is_listed_again_in_one_process(odd_tree, monkeypatch):
+    """A real folder two parts both entered (a bind mount) is listed under the first path in the walk's order,
+    which parts walked side by side cannot know: the listing is redone in one process."""
+    from catdog.labeling import sources
+    from conftest import InProcessSpread
+
+    lists = []
+    real_list = sources.LocalSource.list
+    monkeypatch.setattr(sources.LocalSource, "list", lambda self, *a, **kw: lists.append(kw.get("spread")) or real_list(self, *a, **kw))
+
+    class Doubling(InProcessSpread):
+        def __call__(self, fn, calls):
+            parts = super().__call__(fn, calls)
+            parts[-1].seen.update(parts[0].seen)  # the last part entered a folder the first one did
+            return parts
+
+    whole = LocalSource(str(odd_tree)).list()
+    lists.clear()
+    listing = LocalSource(str(odd_tree)).list(spread=Doubling(4))
+    assert (listing.paths, listing.problems) == (whole.paths, whole.problems)
+    assert len(lists) == 2 and lists[1] is None, "walked again without the cluster"
+
+
+def test_a_part_on_a_node_without_the_folder_stops_the_listing_with_one_line(tmp_path):
+    from catdog.errors import CatdogError
+    from catdog.labeling.sources import list_folders
+
+    with pytest.raises(CatdogError, match="folder not found on every node of the cluster: .*same path on each node"):
+        list_folders(LocalSource(str(tmp_path / "gone")), [(str(tmp_path / "gone" / "a"), "a/")], True, None, {})
+
+
 DECODE_THREADS = """
 import sys, threading
 from pathlib import Path

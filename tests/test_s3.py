@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import aws_free_env, catdog, moto_s3
+from conftest import InProcessSpread, aws_free_env, catdog, moto_s3
 
 pytestmark = pytest.mark.integration
 
@@ -383,19 +383,6 @@ def test_a_prefix_listed_by_its_sub_prefixes_concurrently_gives_every_key_once_s
     assert 1 <= most[0] <= concurrency and (concurrency == 1 or most[0] > 1)
 
 
-class _Spread:
-    """A `sources.Spread` in this process: each call's result goes through pickle, as from another process."""
-
-    def __init__(self, width: int):
-        self.width, self.calls = width, []
-
-    def __call__(self, fn, calls):
-        import pickle
-
-        self.calls.append(calls)
-        return [pickle.loads(pickle.dumps(fn(*args))) for args in calls]
-
-
 @pytest.mark.parametrize("width", [1, 3, 8, 100])
 def test_a_prefix_listed_in_parts_elsewhere_gives_the_listing_of_one_process(tree, monkeypatch, width):
     """The Ray engine lists an S3 prefix's sub-prefixes on the cluster (parsing ten million keys is one process's
@@ -406,14 +393,15 @@ def test_a_prefix_listed_in_parts_elsewhere_gives_the_listing_of_one_process(tre
     source, expected = tree
     whole = source.list()
     monkeypatch.setattr(sources, "SPREAD_PARTS", 40)
-    spread = _Spread(width)
+    spread = InProcessSpread(width)
     listing = source.list(spread=spread)
     assert listing.paths == expected == whole.paths
     assert listing.problems == whole.problems
     assert listing.sizes == whole.sizes and listing.stamps == whole.stamps
     (calls,) = spread.calls
-    listed = [prefix for _, part in calls for prefix in part]
+    listed = [prefix for _, part, _ in calls for prefix in part]
     assert len(calls) == min(width, sources.SPREAD_PARTS)
+    assert all(in_flight * len(calls) <= sources.SPREAD_IN_FLIGHT for *_, in_flight in calls), "the store's share"
     assert listed == sorted(listed) and len(listed) == len(set(listed)), "each sub-prefix listed once, in order"
     assert listed == ["tree/"] if width == 1 else len(listed) >= min(width, 40)
     assert source.list(recursive=False, spread=spread).paths == [p for p in expected if "/" not in p]

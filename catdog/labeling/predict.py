@@ -20,7 +20,7 @@ from catdog.labeling.labels import Decision, LabelsCSV, check_out_path, check_ou
 from catdog.progress import progress_bar
 from catdog.labeling.jobrecord import JobRecord, file_sha256, model_digest, write_job_record
 from catdog.labeling.runtime import ModelMeta, Predictor, load_predictor, resolve_model_file
-from catdog.labeling.sources import Listing, S3Source, Source, StoreError, files_digest, open_source, parse_shard, shard_of
+from catdog.labeling.sources import Listing, Source, StoreError, files_digest, open_source, parse_shard, shard_of
 from catdog.labeling.update import after, check_update_output, identified, identity_digest, merged, plan_update, write_files
 
 ENGINES = ("local", "ray")
@@ -113,12 +113,12 @@ def _model_digest(options: PredictOptions) -> str:
 def _listing(source: Source, options: PredictOptions) -> tuple[Listing, str]:
     """This run's files (its shard's) and the digest of the whole source's listing (the job record's `listing`:
     shards of one job must have seen the same files)."""
-    if options.engine == "ray" and isinstance(source, S3Source) and options.recursive:
-        from catdog.labeling.ray_engine import ClusterSpread  # the keys are parsed on the cluster's CPUs
+    spread = None
+    if options.engine == "ray" and options.recursive:
+        from catdog.labeling.ray_engine import ClusterSpread  # the folders or sub-prefixes are listed on the cluster's CPUs
 
-        listing = source.list(options.recursive, options.follow_links, spread=ClusterSpread(options.ray.address))
-    else:
-        listing = source.list(options.recursive, options.follow_links, skip=own_files(options.out))
+        spread = ClusterSpread(options.ray.address)
+    listing = source.list(options.recursive, options.follow_links, skip=own_files(options.out), spread=spread)
     whole = files_digest(listing.paths)
     k, n = options.shard
     if n > 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -213,14 +214,21 @@ class ClusterSpread:
         import ray
 
         task = ray.remote(num_cpus=1, max_retries=RETRIES)(fn)  # retried when a worker dies, not on a listing error
+        free = ray.available_resources().get("CPU", 0)
         with native_stderr_filtered_live():
             refs = [task.remote(*args) for args in calls]
             try:
-                return ray.get(refs)
+                parts = ray.get(refs)
             except Exception as exc:  # noqa: BLE001 - a RayTaskError around the listing's own one-line error
                 for ref in refs:
                     ray.cancel(ref)
                 raise CatdogError(_reason(exc)) from None
+        # The tasks hand their CPUs back a moment after their results arrive; the engine sizes its actor pool
+        # by the free CPUs next, so wait for them (briefly: another job may have taken some meanwhile).
+        deadline = time.monotonic() + 5
+        while ray.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return parts
 
 
 def disconnect() -> None:

@@ -83,9 +83,11 @@ class Listing:
 
 
 class Source(Protocol):
-    def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
+    def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None,
+             spread: Spread | None = None) -> Listing:
         """Every file, sorted by relative path; `skip(real_path)` leaves out (local) files such as the run's own CSV
-        (a `skip` with a `marker` attribute, like `catdog.labeling.labels.own_files`, matches only names holding it)."""
+        (a `skip` with a `marker` attribute, like `catdog.labeling.labels.own_files`, matches only names holding it);
+        `spread` lists parts of a recursive listing in other processes, with the same result."""
 
     def opened(self, rel: str) -> AbstractContextManager[BinaryIO | bytes]:
         """The file for `catdog.images.load_image`: an open regular file, or the object's bytes; OSError if it
@@ -161,12 +163,19 @@ class LocalSource:
         with open(os.path.join(self.root, path_from_text(rel)), "rb") as fh:
             return fh.read()
 
-    def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None) -> Listing:
+    def list(self, recursive: bool = True, follow_links: bool = True, skip: Callable[[str], bool] | None = None,
+             spread: Spread | None = None) -> Listing:
         """Hidden files included. Symlinked files are followed; symlinked folders too unless `follow_links` is
         off (then each is an error row). Each real folder is entered once, remembered by (st_dev, st_ino): real
         folders are walked first and symlinked ones after, in sorted order, so a folder is listed under its own
         path when it is inside the tree, and a loop or a second link to a listed folder is one error row
-        instead of a hang or doubled rows. The same tree gives the same listing on every run and machine."""
+        instead of a hang or doubled rows. The same tree gives the same listing on every run and machine.
+
+        `spread` (the Ray engine's cluster, which sees the folder at the same path) walks the real folders in
+        other processes: the driver lists the top levels, down to where there are enough subfolders to split
+        (SPREAD_ENOUGH), and joins the parts; the symlinked folders are then walked in the driver, as in one
+        process. A folder met twice among the real ones (a bind mount) makes which path lists it depend on the
+        walk's order, so such a tree is walked again in one process. The listing is the same either way."""
         root = self.root
         try:
             top = os.stat(root)
@@ -174,84 +183,143 @@ class LocalSource:
             raise CatdogError(f"folder not found: {root}") from None
         if not stat.S_ISDIR(top.st_mode):
             raise CatdogError(f"not a folder: {root}")
-        paths: list[str] = []
-        problems: dict[str, str] = {}
-        seen = {(top.st_dev, top.st_ino): "."}
-        linked: list[tuple[str, str, tuple[int, int]]] = []  # symlinked folders, entered after every real one
+        walk = _Walk(recursive, follow_links, skip, {(top.st_dev, top.st_ino): "."})
+        width = max(1, min(SPREAD_PARTS, spread.width)) if spread is not None and recursive else 1
+        level = [(root, "")]
+        for _ in range(SPREAD_LEVELS if width > 1 else 0):
+            if len(level) >= min(width, SPREAD_ENOUGH) or walk.doubled:
+                break
+            level = [sub for folder, prefix in level for sub in walk.folder(folder, prefix)]  # breadth first
+        if width == 1 or len(level) < 2:
+            walk.real(level)
+        elif not walk.doubled:
+            count, seen = min(width, len(level)), dict(walk.seen)
+            bounds = [len(level) * i // count for i in range(count + 1)]
+            for part in spread(list_folders, [(self, level[a:b], follow_links, skip, seen) for a, b in zip(bounds, bounds[1:])]):
+                walk.doubled |= part.doubled or not walk.seen.keys().isdisjoint(part.seen)
+                walk.join(part)
+        if walk.doubled and width > 1:
+            return self.list(recursive, follow_links, skip)
+        walk.links()
+        walk.paths.sort()
+        return Listing(walk.paths, walk.problems)
 
-        def bad(rel: str, reason: str) -> None:
-            paths.append(rel)
-            problems[rel] = reason
 
+class _Walk:
+    """One walk of a local folder (or of a part of it, in another process: picklable): the files found as path
+    texts, the reasons some cannot be labeled, the real folders entered ((st_dev, st_ino) -> path text) and the
+    symlinked folders met, which are entered only once every real folder is listed."""
+
+    def __init__(self, recursive: bool, follow_links: bool, skip: Callable[[str], bool] | None, seen: dict):
+        self.recursive, self.follow_links, self.skip = recursive, follow_links, skip
         # Every name `skip` can match contains its `marker` (if it has one): the full path is built only for those.
-        marker = None if skip is None else getattr(skip, "marker", "")
-        stack = [(root, "")]
-        while stack or linked:
-            if not stack:  # every real folder reached so far is listed: enter the first symlinked one
-                linked.sort(key=lambda item: item[1], reverse=True)
-                path, rel, key = linked.pop()
-                first = seen.setdefault(key, rel)
-                if first != rel:
-                    bad(rel, f"symlink to a folder already listed ({'the labeled folder itself' if first == '.' else first})")
-                    continue
-                stack.append((path, rel + "/"))
-            folder, prefix = stack.pop()
+        self.marker = None if skip is None else getattr(skip, "marker", "")
+        self.paths: list[str] = []
+        self.problems: dict[str, str] = {}
+        self.seen = dict(seen)
+        self.linked: list[tuple[str, str, tuple[int, int]]] = []  # (path, path text, identity) of symlinked folders
+        self.doubled = False  # a real folder met twice (a bind mount)
+
+    def bad(self, rel: str, reason: str) -> None:
+        self.paths.append(rel)
+        self.problems[rel] = reason
+
+    def folder(self, folder: str, prefix: str) -> list[tuple[str, str]]:
+        """List one folder (`prefix`: its path text and "/", "" for the labeled folder): its files into `paths`,
+        its symlinked folders into `linked`; its real subfolders, entered for the first time, in order."""
+        skip, marker, paths = self.skip, self.marker, self.paths
+        try:
+            real_folder = os.path.realpath(folder)
+            others = []  # folders, links and special files; regular files go straight to `paths`
+            with os.scandir(folder) as it:
+                for child in it:
+                    if child.is_file(follow_symlinks=False):  # a regular file, not a link: no stat call
+                        name = child.name
+                        if marker is None or marker not in name or not skip(os.path.join(real_folder, name)):
+                            paths.append(prefix + path_text(name))
+                    else:
+                        others.append(child)
+        except OSError as exc:
+            if not prefix:
+                raise CatdogError(f"cannot read folder {folder}: {exc.strerror or exc}") from None
+            self.bad(prefix.rstrip("/"), f"cannot list folder: {exc.strerror or exc}")
+            return []
+        subfolders = []
+        for child in sorted(others, key=lambda c: path_text(c.name)):
+            rel = prefix + path_text(child.name)
             try:
-                real_folder = os.path.realpath(folder)
-                others = []  # folders, links and special files; regular files go straight to `paths`
-                with os.scandir(folder) as it:
-                    for child in it:
-                        if child.is_file(follow_symlinks=False):  # a regular file, not a link: no stat call
-                            name = child.name
-                            if marker is None or marker not in name or not skip(os.path.join(real_folder, name)):
-                                paths.append(prefix + path_text(name))
-                        else:
-                            others.append(child)
+                link = child.is_symlink()
+                # A link to the run's own CSV or working files (even one not written yet) is theirs too.
+                if link and skip is not None and skip(os.path.realpath(child.path)):
+                    continue
+                if link:
+                    try:
+                        st = os.stat(child.path)
+                    except OSError as exc:
+                        self.bad(rel, "symlink loop" if exc.errno == errno.ELOOP else "broken symlink")
+                        continue
+                else:
+                    st = child.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    if link and not self.follow_links:
+                        self.bad(rel, "symlink to a folder (not followed)")
+                    elif not self.recursive:
+                        continue
+                    elif link:
+                        self.linked.append((child.path, rel, (st.st_dev, st.st_ino)))
+                    elif (first := self.seen.setdefault((st.st_dev, st.st_ino), rel)) != rel:
+                        self.doubled = True
+                        self.bad(rel, f"a folder already listed ({first})")  # a bind mount of a listed folder
+                    else:
+                        subfolders.append((child.path, rel + "/"))
+                    continue
+                if not link and marker is not None and marker in child.name and skip(os.path.join(real_folder, child.name)):
+                    continue
+                problem = _special(st.st_mode)
+                if problem:
+                    self.bad(rel, problem)
+                else:
+                    paths.append(rel)
             except OSError as exc:
-                if not prefix:
-                    raise CatdogError(f"cannot read folder {root}: {exc.strerror or exc}") from None
-                bad(prefix.rstrip("/"), f"cannot list folder: {exc.strerror or exc}")
+                self.bad(rel, f"cannot stat: {exc.strerror or exc}")
+        return subfolders
+
+    def real(self, folders: list[tuple[str, str]]) -> None:
+        """Walk `folders` and every real folder under them, depth first, in order."""
+        stack = folders[::-1]
+        while stack:
+            stack.extend(reversed(self.folder(*stack.pop())))
+
+    def links(self) -> None:
+        """Enter the symlinked folders met (and those met in them), first in path-text order first."""
+        while self.linked:
+            self.linked.sort(key=lambda item: item[1], reverse=True)
+            path, rel, key = self.linked.pop()
+            first = self.seen.setdefault(key, rel)
+            if first != rel:
+                self.bad(rel, f"symlink to a folder already listed ({'the labeled folder itself' if first == '.' else first})")
                 continue
-            subfolders = []
-            for child in sorted(others, key=lambda c: path_text(c.name)):
-                rel = prefix + path_text(child.name)
-                try:
-                    link = child.is_symlink()
-                    # A link to the run's own CSV or working files (even one not written yet) is theirs too.
-                    if link and skip is not None and skip(os.path.realpath(child.path)):
-                        continue
-                    if link:
-                        try:
-                            st = os.stat(child.path)
-                        except OSError as exc:
-                            bad(rel, "symlink loop" if exc.errno == errno.ELOOP else "broken symlink")
-                            continue
-                    else:
-                        st = child.stat(follow_symlinks=False)
-                    if stat.S_ISDIR(st.st_mode):
-                        if link and not follow_links:
-                            bad(rel, "symlink to a folder (not followed)")
-                        elif not recursive:
-                            continue
-                        elif link:
-                            linked.append((child.path, rel, (st.st_dev, st.st_ino)))
-                        elif (first := seen.setdefault((st.st_dev, st.st_ino), rel)) != rel:
-                            bad(rel, f"a folder already listed ({first})")  # a bind mount of a listed folder
-                        else:
-                            subfolders.append((child.path, rel + "/"))
-                        continue
-                    if not link and marker is not None and marker in child.name and skip(os.path.join(real_folder, child.name)):
-                        continue
-                    problem = _special(st.st_mode)
-                    if problem:
-                        bad(rel, problem)
-                    else:
-                        paths.append(rel)
-                except OSError as exc:
-                    bad(rel, f"cannot stat: {exc.strerror or exc}")
-            stack.extend(reversed(subfolders))
-        paths.sort()
-        return Listing(paths, problems)
+            self.real([(path, rel + "/")])
+
+    def join(self, part: _Walk) -> None:
+        self.paths += part.paths
+        self.problems.update(part.problems)
+        self.seen.update(part.seen)
+        self.linked += part.linked
+
+
+def list_folders(source: LocalSource, folders: list[tuple[str, str]], follow_links: bool,
+                 skip: Callable[[str], bool] | None, seen: dict) -> _Walk:
+    """The real folders `folders` of `source` and every real folder under them (one part of a spread listing; run
+    in a worker, which must see the folder where the driver does). `seen`: the folders the driver entered."""
+    if not os.path.isdir(source.root):
+        raise CatdogError(f"folder not found on every node of the cluster: {source.root} (a folder labeled with --engine ray "
+                          "must be at the same path on each node)")
+    walk = _Walk(True, follow_links, skip, seen)
+    walk.real(folders)
+    walk.seen = {key: rel for key, rel in walk.seen.items() if key not in seen}  # only the new ones go back
+    walk.paths.sort()  # so the driver's sort finds long runs in order
+    return walk
 
 
 MAX_OBJECT_BYTES = 128 * 2**20  # an S3 object is read whole before decoding; larger ones are error rows
@@ -398,7 +466,7 @@ class S3Source:
         return got
 
     def _walk(self, recursive: bool, take: Callable[[list[dict]], None], leaves: list[str] | None = None,
-              spread: int = 0) -> list[str]:
+              spread: int = 0, in_flight: int | None = None) -> list[str]:
         """Every key under the prefix into `take`, a page (up to 1,000 objects) at a time, in no set order.
         Recursive: the sub-prefixes ("folders") are found with Delimiter "/", down to where there are enough
         to keep LIST_CONCURRENCY requests busy (at most LIST_DISCOVERY_LEVELS levels), and listed concurrently,
@@ -406,7 +474,8 @@ class S3Source:
         another. Memory: the pages in flight, each handed to `take` as it arrives.
 
         `spread` > 0: only find sub-prefixes, down to where there are `spread` of them (at most SPREAD_LEVELS
-        levels), and return those still to list, for other processes (`leaves`: list exactly these)."""
+        levels), and return those still to list, for other processes (`leaves`: list exactly these, `in_flight`
+        requests at a time)."""
         import asyncio
 
         import fsspec.asyn
@@ -441,7 +510,7 @@ class S3Source:
                 raise
 
         async def walk() -> list[str]:
-            gate = asyncio.Semaphore(LIST_CONCURRENCY)
+            gate = asyncio.Semaphore(in_flight or LIST_CONCURRENCY)
             if leaves is not None:
                 await every(listed(prefix, False, gate) for prefix in leaves)
                 return []
@@ -450,7 +519,7 @@ class S3Source:
                 return []
             level = [self.prefix]
             for _ in range(SPREAD_LEVELS if spread else LIST_DISCOVERY_LEVELS):
-                if len(level) >= (spread or LIST_CONCURRENCY):
+                if len(level) >= (min(spread, SPREAD_ENOUGH) if spread else LIST_CONCURRENCY):
                     break
                 # Keys directly at this level arrive with the sub-prefixes; each key is in exactly one listing.
                 level = [sub for subs in await every(listed(prefix, True, gate) for prefix in level) for sub in subs]
@@ -468,7 +537,7 @@ class S3Source:
         text. Empty keys ending in "/" are folder markers.
 
         `spread` (the Ray engine's cluster) lists the sub-prefixes in other processes: the driver only finds
-        them (Delimiter "/", down to where there are enough for `spread.width` parts) and joins the parts, so
+        them (Delimiter "/", down to where there are enough to split: SPREAD_ENOUGH) and joins the parts, so
         parsing ten million keys, the bound of one process, is spread over the cluster's CPUs. The listing is
         the same either way."""
         part = _Part(len(self.prefix))
@@ -477,7 +546,8 @@ class S3Source:
         if leaves:  # contiguous runs of sorted sub-prefixes, each part sorted where it was listed
             count = min(width, len(leaves))
             bounds = [len(leaves) * i // count for i in range(count + 1)]
-            for other in spread(list_leaves, [(self, leaves[a:b]) for a, b in zip(bounds, bounds[1:])]):
+            in_flight = max(1, min(LIST_CONCURRENCY, SPREAD_IN_FLIGHT // count))
+            for other in spread(list_leaves, [(self, leaves[a:b], in_flight) for a, b in zip(bounds, bounds[1:])]):
                 part.extend(other)
         if not part.paths:
             raise CatdogError(f"no objects found under {redact_url(self.describe())}")
@@ -485,11 +555,15 @@ class S3Source:
         return Listing(part.paths, part.problems, part.sizes, part.stamps)
 
 
-# Spreading a listing over a cluster (the Ray engine): sub-prefixes are looked for down to SPREAD_LEVELS levels
-# until there are as many as parts, and handed out in up to SPREAD_PARTS parts, each listed in its own process
-# with LIST_CONCURRENCY requests in flight (so at most 32 x 32 = 1,024 in flight against the store).
+# Spreading a listing over a cluster (the Ray engine): the driver looks for subfolders or sub-prefixes down to
+# SPREAD_LEVELS levels, until a level has SPREAD_ENOUGH of them (or one per cluster CPU, if fewer: each level it
+# goes down is listed by the driver alone), and hands them out in up to SPREAD_PARTS parts (one per cluster CPU),
+# each listed in its own process; an S3 part keeps its share of SPREAD_IN_FLIGHT requests in flight (at most
+# LIST_CONCURRENCY), so the store never sees more than 1,024 at once however large the cluster.
 SPREAD_LEVELS = 3
-SPREAD_PARTS = 32
+SPREAD_ENOUGH = 32
+SPREAD_PARTS = 256
+SPREAD_IN_FLIGHT = 1024
 
 
 class Spread(Protocol):
@@ -543,10 +617,10 @@ class _Part:
         self.stamps += other.stamps
 
 
-def list_leaves(source: S3Source, leaves: list[str]) -> _Part:
+def list_leaves(source: S3Source, leaves: list[str], in_flight: int | None = None) -> _Part:
     """The keys under the sub-prefixes `leaves` of `source` (one part of a spread listing; run in a worker)."""
     part = _Part(len(source.prefix))
-    source._walk(True, part.take, leaves=leaves)
+    source._walk(True, part.take, leaves=leaves, in_flight=in_flight)
     part.sort()
     return part
 
