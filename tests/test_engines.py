@@ -108,7 +108,9 @@ def test_screening_processes_refuse_files_ahead_of_the_decoding_threads_in_order
     assert all(d[1] == ("refused" if int(d[0]) % 2 else "decoded") for d in decoded)
     here = str(os.getpid())
     assert {d[3] for d in decoded if d[1] == "decoded"} == {here}
-    assert len({d[3] for d in decoded if d[1] == "refused"} - {here}) == 2  # two screening processes
+    # On processes of their own, at most `workers` (the pool starts a second only while the first is busy).
+    assert {d[3] for d in decoded if d[1] == "refused"} & {here} == set()
+    assert 1 <= len({d[3] for d in decoded if d[1] == "refused"}) <= 2
 
 
 def _dies_at_500(key: int) -> str | None:

@@ -248,6 +248,87 @@ def test_a_folder_met_twice_by_parts_is_listed_again_in_one_process(odd_tree, mo
     assert len(lists) == 2 and lists[1] is None, "walked again without the cluster"
 
 
+def _other_node_os(field: int, by: int = 7):
+    """The `os` module as another node of the cluster sees the shared folder: every stat's field `field` (1:
+    st_ino, 2: st_dev) moved by `by`."""
+    import types
+
+    def shifted(st: os.stat_result) -> os.stat_result:
+        values = list(st)
+        values[field] += by
+        return os.stat_result(values)
+
+    class Entry:
+        def __init__(self, entry):
+            self._entry = entry
+
+        def __getattr__(self, name):
+            return getattr(self._entry, name)
+
+        def stat(self, follow_symlinks=True):
+            return shifted(self._entry.stat(follow_symlinks=follow_symlinks))
+
+    class Scan:
+        def __init__(self, path):
+            self._it = os.scandir(path)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._it.close()
+
+        def __iter__(self):
+            return (Entry(entry) for entry in self._it)
+
+    other = types.SimpleNamespace(**{name: getattr(os, name) for name in dir(os) if not name.startswith("__")})
+    other.scandir, other.stat = Scan, lambda path, *a, **kw: shifted(os.stat(path, *a, **kw))
+    return other
+
+
+@pytest.mark.parametrize("node", ["its own device number", "another tree at the same path"])
+def test_parts_on_another_node_give_the_listing_of_one_process(odd_tree, monkeypatch, node):
+    """A shared file system may have another device number on each node (NFS numbers its mounts as they come):
+    the parts give their folders in the driver's numbers, so links back into the tree are still recognised. A
+    node whose folder at that path is another tree (other inode numbers) cannot: the driver walks it alone."""
+    from catdog.labeling import sources
+    from conftest import InProcessSpread
+
+    lists = []
+    real_list = sources.LocalSource.list
+    monkeypatch.setattr(sources.LocalSource, "list", lambda self, *a, **kw: lists.append(kw.get("spread")) or real_list(self, *a, **kw))
+    other = _other_node_os(2 if node == "its own device number" else 1)
+
+    class OtherNode(InProcessSpread):
+        def __call__(self, fn, calls):
+            with monkeypatch.context() as m:
+                m.setattr(sources, "os", other)
+                return super().__call__(fn, calls)
+
+    whole = LocalSource(str(odd_tree)).list()
+    lists.clear()
+    listing = LocalSource(str(odd_tree)).list(spread=OtherNode(4))
+    assert (listing.paths, listing.problems) == (whole.paths, whole.problems)
+    assert len(lists) == (1 if node == "its own device number" else 2)
+
+
+def test_a_relative_folder_is_listed_by_parts_working_elsewhere(odd_tree, monkeypatch):
+    """A Ray worker does not share the driver's working folder: parts get absolute paths."""
+    from conftest import InProcessSpread
+
+    class Elsewhere(InProcessSpread):
+        def __call__(self, fn, calls):
+            with monkeypatch.context() as m:
+                m.chdir("/")
+                return super().__call__(fn, calls)
+
+    monkeypatch.chdir(odd_tree.parent)
+    spread = Elsewhere(4)
+    listing = LocalSource(odd_tree.name).list(spread=spread)
+    whole = LocalSource(odd_tree.name).list()
+    assert (listing.paths, listing.problems) == (whole.paths, whole.problems) and spread.calls
+
+
 def test_a_part_on_a_node_without_the_folder_stops_the_listing_with_one_line(tmp_path):
     from catdog.errors import CatdogError
     from catdog.labeling.sources import list_folders

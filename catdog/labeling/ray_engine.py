@@ -200,8 +200,9 @@ def _connect(address: str | None) -> None:
 
 
 class ClusterSpread:
-    """Work of the driver's listing run as Ray tasks on the cluster's CPUs (`sources.Spread`): an S3 prefix's
-    sub-prefixes are listed and parsed there, so ten million keys are not parsed by the driver alone."""
+    """Work of the driver's listing run as Ray tasks on the cluster's CPUs (`sources.Spread`): a folder's
+    subfolders are walked, and an S3 prefix's sub-prefixes listed and parsed, there, so ten million files are not
+    listed by the driver alone."""
 
     def __init__(self, address: str | None):
         import ray
@@ -225,7 +226,7 @@ class ClusterSpread:
                 raise CatdogError(_reason(exc)) from None
         # The tasks hand their CPUs back a moment after their results arrive; the engine sizes its actor pool
         # by the free CPUs next, so wait for them (briefly: another job may have taken some meanwhile).
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 2
         while ray.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
             time.sleep(0.02)
         return parts

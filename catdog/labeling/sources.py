@@ -174,8 +174,10 @@ class LocalSource:
         `spread` (the Ray engine's cluster, which sees the folder at the same path) walks the real folders in
         other processes: the driver lists the top levels, down to where there are enough subfolders to split
         (SPREAD_ENOUGH), and joins the parts; the symlinked folders are then walked in the driver, as in one
-        process. A folder met twice among the real ones (a bind mount) makes which path lists it depend on the
-        walk's order, so such a tree is walked again in one process. The listing is the same either way."""
+        process. The listing is the same either way: the tree is walked again in one process when a part cannot
+        give the driver's identities (another node where the folder is another tree, or a folder inside it on
+        another file system, whose device number the driver's does not map to) or a folder is met twice among the
+        real ones (a bind mount: which path lists it depends on the walk's order)."""
         root = self.root
         try:
             top = os.stat(root)
@@ -185,6 +187,8 @@ class LocalSource:
             raise CatdogError(f"not a folder: {root}")
         walk = _Walk(recursive, follow_links, skip, {(top.st_dev, top.st_ino): "."})
         width = max(1, min(SPREAD_PARTS, spread.width)) if spread is not None and recursive else 1
+        if width > 1:
+            root = os.path.abspath(root)  # workers do not share the driver's working folder
         level = [(root, "")]
         for _ in range(SPREAD_LEVELS if width > 1 else 0):
             if len(level) >= min(width, SPREAD_ENOUGH) or walk.doubled:
@@ -193,10 +197,10 @@ class LocalSource:
         if width == 1 or len(level) < 2:
             walk.real(level)
         elif not walk.doubled:
-            count, seen = min(width, len(level)), dict(walk.seen)
+            count, seen, source = min(width, len(level)), dict(walk.seen), LocalSource(root)
             bounds = [len(level) * i // count for i in range(count + 1)]
-            for part in spread(list_folders, [(self, level[a:b], follow_links, skip, seen) for a, b in zip(bounds, bounds[1:])]):
-                walk.doubled |= part.doubled or not walk.seen.keys().isdisjoint(part.seen)
+            for part in spread(list_folders, [(source, level[a:b], follow_links, skip, seen) for a, b in zip(bounds, bounds[1:])]):
+                walk.doubled |= part.doubled or part.foreign or not walk.seen.keys().isdisjoint(part.seen)
                 walk.join(part)
         if walk.doubled and width > 1:
             return self.list(recursive, follow_links, skip)
@@ -219,6 +223,17 @@ class _Walk:
         self.seen = dict(seen)
         self.linked: list[tuple[str, str, tuple[int, int]]] = []  # (path, path text, identity) of symlinked folders
         self.doubled = False  # a real folder met twice (a bind mount)
+        # On another node: its device number of the folder's file system -> the driver's (None: the same numbers).
+        self.devices: tuple[int, int] | None = None
+        self.foreign = False  # an identity the driver's numbers cannot express was met
+
+    def key(self, st: os.stat_result) -> tuple[int, int]:
+        """A folder's identity, (st_dev, st_ino), in the driver's numbers."""
+        if self.devices is None:
+            return st.st_dev, st.st_ino
+        if st.st_dev != self.devices[0]:
+            self.foreign = True
+        return self.devices[1], st.st_ino
 
     def bad(self, rel: str, reason: str) -> None:
         self.paths.append(rel)
@@ -266,8 +281,8 @@ class _Walk:
                     elif not self.recursive:
                         continue
                     elif link:
-                        self.linked.append((child.path, rel, (st.st_dev, st.st_ino)))
-                    elif (first := self.seen.setdefault((st.st_dev, st.st_ino), rel)) != rel:
+                        self.linked.append((child.path, rel, self.key(st)))
+                    elif (first := self.seen.setdefault(self.key(st), rel)) != rel:
                         self.doubled = True
                         self.bad(rel, f"a folder already listed ({first})")  # a bind mount of a listed folder
                     else:
@@ -291,7 +306,7 @@ class _Walk:
             stack.extend(reversed(self.folder(*stack.pop())))
 
     def links(self) -> None:
-        """Enter the symlinked folders met (and those met in them), first in path-text order first."""
+        """Enter the symlinked folders met (and those met in them), the first in path-text order first."""
         while self.linked:
             self.linked.sort(key=lambda item: item[1], reverse=True)
             path, rel, key = self.linked.pop()
@@ -310,12 +325,30 @@ class _Walk:
 
 def list_folders(source: LocalSource, folders: list[tuple[str, str]], follow_links: bool,
                  skip: Callable[[str], bool] | None, seen: dict) -> _Walk:
-    """The real folders `folders` of `source` and every real folder under them (one part of a spread listing; run
-    in a worker, which must see the folder where the driver does). `seen`: the folders the driver entered."""
-    if not os.path.isdir(source.root):
+    """The real folders `folders` (absolute paths, path texts) of `source` and every real folder under them: one
+    part of a spread listing, run in a worker, which must see the folder where the driver does. `seen`: the
+    folders the driver entered, by identity; identities here are given in the driver's numbers (a shared file
+    system may have another device number on each node, never other inode numbers), or the part is `foreign`."""
+    try:
+        top = os.stat(source.root)
+    except OSError:
+        top = None
+    if top is None or not stat.S_ISDIR(top.st_mode):
         raise CatdogError(f"folder not found on every node of the cluster: {source.root} (a folder labeled with --engine ray "
                           "must be at the same path on each node)")
     walk = _Walk(True, follow_links, skip, seen)
+    driver = {rel: key for key, rel in seen.items()}
+    if top.st_dev != driver["."][0]:
+        walk.devices = (top.st_dev, driver["."][0])
+    # The same tree here only if the labeled folder and each folder handed over are the driver's, inode for inode.
+    for path, prefix in [(source.root, "./"), *folders]:
+        try:
+            same = walk.key(os.stat(path)) == driver.get(prefix[:-1])
+        except OSError:
+            same = False
+        if not same or walk.foreign:
+            walk.foreign = True
+            return walk
     walk.real(folders)
     walk.seen = {key: rel for key, rel in walk.seen.items() if key not in seen}  # only the new ones go back
     walk.paths.sort()  # so the driver's sort finds long runs in order
