@@ -1,8 +1,8 @@
 """The Docker image, built and run for real (issue 7).
 
 The tests use the Docker engine running on this machine (`docker info`); where ../shared/docker exists,
-its engine.sh starts one and its base-image.sh builds the `python:3.11-slim` base (no registry there),
-elsewhere the base is pulled. Without an engine they skip, saying so (with CI=true they fail). The image
+its engine.sh starts one (stopped again when the tests end) and its base-image.sh builds the
+`python:3.11-slim` base (no registry there), elsewhere the base is pulled. Without an engine they skip, saying so (with CI=true they fail). The image
 is built from a throwaway copy of the build files with the tiny trained bundle under models/, once with
 the model mounted at run time and once baked in, then run on a folder of real photos (from the real
 dataset zip, see conftest.real_dataset) and broken files.
@@ -106,13 +106,16 @@ def base_image() -> str:
 
 
 @pytest.fixture(scope="session")  # session scope: set up before (and, when it skips, instead of) tiny_bundle
-def engine() -> None:
-    """The running engine, or one started by ../shared/docker/engine.sh; and the base image, from
-    ../shared/docker/base-image.sh there, else pulled. Without either the tests skip (fail with CI=true)."""
+def engine() -> Iterator[None]:
+    """The running engine, or one started by ../shared/docker/engine.sh (and stopped by it after the tests); and
+    the base image, from ../shared/docker/base-image.sh there, else pulled. Without either the tests skip (fail
+    with CI=true)."""
     has_client = shutil.which("docker") is not None
+    started = False
     if not (has_client and docker("info", check=False, timeout=60).returncode == 0):
         if (DOCKER_DIR / "engine.sh").is_file():
             run(["bash", str(DOCKER_DIR / "engine.sh"), "start"], cwd=REPO, timeout=900)
+            started = True
         elif not has_client:
             missing_input("the Docker tests need Docker: install it and start its engine (`docker info` must work)")
         else:
@@ -120,14 +123,22 @@ def engine() -> None:
             if info.returncode != 0:
                 why = (info.stderr.strip().splitlines() or ["no output"])[-1]
                 missing_input(f"the Docker tests need a running Docker engine: `docker info` failed ({why})")
-    base = base_image()
-    if (DOCKER_DIR / "base-image.sh").is_file():
-        run(["bash", str(DOCKER_DIR / "base-image.sh"), base], cwd=REPO, timeout=1800)
-    elif docker("image", "inspect", base, check=False, timeout=60).returncode != 0:
-        pulled = docker("pull", base, check=False, timeout=900)
-        if pulled.returncode != 0:
-            why = (pulled.stderr.strip().splitlines() or ["no output"])[-1]
-            missing_input(f"the Docker tests need the base image {base}: `docker pull {base}` failed ({why})")
+    try:
+        base = base_image()
+        if (DOCKER_DIR / "base-image.sh").is_file():
+            run(["bash", str(DOCKER_DIR / "base-image.sh"), base], cwd=REPO, timeout=1800)
+        elif docker("image", "inspect", base, check=False, timeout=60).returncode != 0:
+            pulled = docker("pull", base, check=False, timeout=900)
+            if pulled.returncode != 0:
+                why = (pulled.stderr.strip().splitlines() or ["no output"])[-1]
+                missing_input(f"the Docker tests need the base image {base}: `docker pull {base}` failed ({why})")
+        yield
+    finally:
+        if started:  # the engine these tests started goes with them (by its pid file, not its name)
+            run(["bash", str(DOCKER_DIR / "engine.sh"), "stop"], cwd=REPO, check=False, timeout=60)
+            deadline = time.monotonic() + 60
+            while docker("info", check=False, timeout=60).returncode == 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
 
 
 def make_context(dest: Path, bundle: Path) -> Path:
