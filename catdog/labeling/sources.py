@@ -194,15 +194,17 @@ class LocalSource:
             if len(level) >= min(width, SPREAD_ENOUGH) or walk.doubled:
                 break
             level = [sub for folder, prefix in level for sub in walk.folder(folder, prefix)]  # breadth first
+        redo = walk.doubled and width > 1  # the parts' listing would not be one process's: walk it in one
         if width == 1 or len(level) < 2:
             walk.real(level)
-        elif not walk.doubled:
+            redo = walk.doubled and width > 1
+        elif not redo:
             count, seen, source = min(width, len(level)), dict(walk.seen), LocalSource(root)
             bounds = [len(level) * i // count for i in range(count + 1)]
             for part in spread(list_folders, [(source, level[a:b], follow_links, skip, seen) for a, b in zip(bounds, bounds[1:])]):
-                walk.doubled |= part.doubled or part.foreign or not walk.seen.keys().isdisjoint(part.seen)
+                redo |= part.doubled or part.foreign or not walk.seen.keys().isdisjoint(part.seen)
                 walk.join(part)
-        if walk.doubled and width > 1:
+        if redo:
             return self.list(recursive, follow_links, skip)
         walk.links()
         walk.paths.sort()
@@ -506,8 +508,8 @@ class S3Source:
         at most LIST_CONCURRENCY requests in flight, so ten million keys are not 10,000 requests one after
         another. Memory: the pages in flight, each handed to `take` as it arrives.
 
-        `spread` > 0: only find sub-prefixes, down to where there are `spread` of them (at most SPREAD_LEVELS
-        levels), and return those still to list, for other processes (`leaves`: list exactly these, `in_flight`
+        `spread` > 0: only find sub-prefixes, down to where there are enough to split (SPREAD_ENOUGH, or `spread`
+        if fewer; at most SPREAD_LEVELS levels), and return those still to list, for other processes (`leaves`: list exactly these, `in_flight`
         requests at a time)."""
         import asyncio
 
