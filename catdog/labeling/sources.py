@@ -194,17 +194,16 @@ class LocalSource:
             if len(level) >= min(width, SPREAD_ENOUGH) or walk.doubled:
                 break
             level = [sub for folder, prefix in level for sub in walk.folder(folder, prefix)]  # breadth first
-        redo = walk.doubled and width > 1  # the parts' listing would not be one process's: walk it in one
+        clash = False  # a part met a folder twice, or one it cannot name in the driver's numbers
         if width == 1 or len(level) < 2:
             walk.real(level)
-            redo = walk.doubled and width > 1
-        elif not redo:
+        elif not walk.doubled:
             count, seen, source = min(width, len(level)), dict(walk.seen), LocalSource(root)
             bounds = [len(level) * i // count for i in range(count + 1)]
             for part in spread(list_folders, [(source, level[a:b], follow_links, skip, seen) for a, b in zip(bounds, bounds[1:])]):
-                redo |= part.doubled or part.foreign or not walk.seen.keys().isdisjoint(part.seen)
+                clash |= part.doubled or part.foreign or not walk.seen.keys().isdisjoint(part.seen)
                 walk.join(part)
-        if redo:
+        if width > 1 and (walk.doubled or clash):  # not one process's walk order: walk it in one
             return self.list(recursive, follow_links, skip)
         walk.links()
         walk.paths.sort()
